@@ -1,0 +1,84 @@
+"""All configuration keys of the project, with their defaults; nothing reads an undeclared key.
+
+Defaults are the paper's (Sec. 5.1, see docs/METHOD.md in the shared docs); where the public
+reference code differs, the key's comment says how to get the reference's behaviour.
+"""
+from detectron2.config import CfgNode as CN
+from detectron2.projects.deeplab import add_deeplab_config
+
+__all__ = ["add_protoseg_config"]
+
+
+def add_protoseg_config(cfg):
+    """Add the ProtoSeg keys (and DeepLab's, for the dilated deep-stem ResNet) to ``cfg`` in place."""
+    add_deeplab_config(cfg)
+
+    # ---- the prototype head (Sec. 3) --------------------------------------------------------
+    cfg.MODEL.PROTOSEG = CN()
+    # K, prototypes per class (Table 5b: 1, 5, 10, 20, 50). K = 1: each prototype is the momentum
+    # mean of its class's pixels, no clustering.
+    cfg.MODEL.PROTOSEG.NUM_PROTOTYPES = 10
+    # mu of the momentum update, Eq. 14 (Table 5c: 0, 0.9, 0.99, 0.999, 0.9999).
+    cfg.MODEL.PROTOSEG.MOMENTUM = 0.999
+    # Sinkhorn-Knopp iterations of the within-class clustering (Algorithm 1).
+    cfg.MODEL.PROTOSEG.SINKHORN_ITERS = 3
+    # epsilon (kappa) of the entropic regularisation, Eq. 9-10.
+    cfg.MODEL.PROTOSEG.SINKHORN_KAPPA = 0.05
+    # tau of the PPC loss, Eq. 11. The reference code uses none (set 1.0 to reproduce it).
+    cfg.MODEL.PROTOSEG.PPC_TEMPERATURE = 0.1
+    # lambda_1, weight of PPC (Eq. 13). Set 0 to switch the loss off (Table 5a).
+    cfg.MODEL.PROTOSEG.PPC_WEIGHT = 0.01
+    # lambda_2, weight of PPD (Eq. 13); the reference's Cityscapes config uses 0.001.
+    cfg.MODEL.PROTOSEG.PPD_WEIGHT = 0.01
+    # Iterations at the start of training without prototype learning nor PPC/PPD (reference's
+    # "pretrain prototype" option). 0 = learn prototypes from the first iteration.
+    cfg.MODEL.PROTOSEG.WARMUP_ITERS = 0
+    # Update prototypes only from pixels the model classifies correctly (reference code; the
+    # paper is silent). False: from every labelled pixel.
+    cfg.MODEL.PROTOSEG.UPDATE_FROM_CORRECT_ONLY = True
+    # Hard assignment used for the update: "argmax" of the transport plan (paper), or "gumbel":
+    # the reference code's Gumbel-softmax sample (tau 0.5), which makes prototypes collapse
+    # (reference issue #15). PPC/PPD targets always use the argmax.
+    cfg.MODEL.PROTOSEG.ASSIGNMENT = "argmax"
+    # Scaling of the C class scores before softmax: "layernorm" (reference code: LayerNorm over
+    # classes with learnable affine, a learned temperature) or "temperature" (fixed 1/T).
+    cfg.MODEL.PROTOSEG.CLASS_SCORE_NORM = "layernorm"
+    # T of CLASS_SCORE_NORM "temperature".
+    cfg.MODEL.PROTOSEG.CLASS_SCORE_TEMPERATURE = 0.1
+    # LayerNorm over the D channels of each pixel embedding before the l2-normalisation
+    # (reference code's "feat_norm").
+    cfg.MODEL.PROTOSEG.FEATURE_LAYERNORM = True
+    # Projection of the decoder features: "none" (paper: the decoder output is the embedding) or
+    # "mlp" (reference code: 1x1 conv, ReLU, 1x1 conv, D -> D).
+    cfg.MODEL.PROTOSEG.PROJECTION = "none"
+    # Pixel-prototype distance (Table 5d): "cosine" (paper), "euclidean" on unnormalised
+    # features, or "huber" (Huberized Euclidean with HUBER_DELTA).
+    cfg.MODEL.PROTOSEG.DISTANCE = "cosine"
+    cfg.MODEL.PROTOSEG.HUBER_DELTA = 0.1
+    # std of the truncated normal that initialises the prototypes before l2-normalisation
+    # (reference code; reference issue #19 asked how prototypes are initialised).
+    cfg.MODEL.PROTOSEG.INIT_STD = 0.02
+
+    # ---- the parametric baselines (same decoder, learned classifier) -------------------------
+    cfg.MODEL.PARAMETRIC = CN()
+    # 1: the standard softmax classifier (1x1 conv with bias). K > 1: K learned prototypes per
+    # class (1x1 conv to C*K), class score = max over K (Table 4's parametric rows).
+    cfg.MODEL.PARAMETRIC.NUM_PROTOTYPES = 1
+
+    # ---- decoders -----------------------------------------------------------------------------
+    # Name in protoseg's DECODER_REGISTRY of the module that turns backbone features into the
+    # per-pixel embedding (B, D, H/s, W/s) that the classifier (prototypes or parametric) reads.
+    cfg.MODEL.SEM_SEG_HEAD.DECODER_NAME = "FCNDecoder"
+    # FCN decoder (the paper's FCN baseline, as mmsegmentation's FCNHead): NUM_CONVS 3x3 conv-BN-
+    # ReLU of CONVS_DIM channels (CONVS_DIM is Detectron2's key) on IN_FEATURES[-1], then, if
+    # CONCAT_INPUT, a 3x3 conv on [input, output]; dropout before the classifier.
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CONVS = 2
+    cfg.MODEL.SEM_SEG_HEAD.CONCAT_INPUT = True
+    cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
+
+    # ---- solver -------------------------------------------------------------------------------
+    # "SGD" (FCN, HRNet in the paper) or "ADAMW" (Swin, SegFormer). Poly schedule: set
+    # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR" and SOLVER.POLY_LR_POWER (DeepLab's keys).
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    # Metric that selects the best checkpoint (model_best.pth) at each evaluation; "" disables.
+    cfg.SOLVER.BEST_CHECKPOINT_METRIC = "sem_seg/mIoU"

@@ -1,0 +1,111 @@
+"""The training and evaluation loop: Detectron2's ``DefaultTrainer`` with the project's loader,
+optimizer, schedule, evaluator, per-class report, prototype statistics and best checkpoint."""
+import logging
+import os
+from collections import OrderedDict
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_train_loader
+from detectron2.data import transforms as T
+from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.evaluation import SemSegEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_protoseg_config
+from ..evaluation import format_per_class_table, save_per_class_csv
+from ..solver import build_lr_scheduler, build_optimizer
+from .hooks import PrototypeStatisticsHook
+
+__all__ = ["Trainer", "setup_cfg", "build_train_augmentation"]
+
+logger = logging.getLogger("protoseg")
+
+
+def build_train_augmentation(cfg):
+    """Scale jitter (shortest edge), crop (with a maximum single-class share), horizontal flip."""
+    augs = [
+        T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        augs.append(
+            T.RandomCrop_CategoryAreaConstraint(
+                cfg.INPUT.CROP.TYPE,
+                cfg.INPUT.CROP.SIZE,
+                cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            )
+        )
+    augs.append(T.RandomFlip())
+    return augs
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` for ProtoSeg and its parametric baselines."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        mapper = DatasetMapper(cfg, is_train=True, augmentations=build_train_augmentation(cfg))
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return SemSegEvaluator(dataset_name, distributed=True, output_dir=None)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    def build_hooks(self):
+        hook_list = super().build_hooks()
+        extra = [PrototypeStatisticsHook(period=20)]
+        if self.cfg.SOLVER.BEST_CHECKPOINT_METRIC and self.cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
+            extra.append(
+                hooks.BestCheckpointer(
+                    self.cfg.TEST.EVAL_PERIOD, self.checkpointer, self.cfg.SOLVER.BEST_CHECKPOINT_METRIC, "max"
+                )
+            )
+        # After the EvalHook (it produces the metric), before the writers (they print it).
+        writer_index = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
+        return hook_list[:writer_index] + extra + hook_list[writer_index:]
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate on ``cfg.DATASETS.TEST``; print and save a per-class IoU table for each."""
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process():
+            per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
+            for name, res in per_dataset.items():
+                if "sem_seg" not in res:
+                    continue
+                classes = MetadataCatalog.get(name).stuff_classes
+                logger.info("Per-class results on %s:\n%s", name, format_per_class_table(res["sem_seg"], classes))
+                path = os.path.join(cfg.OUTPUT_DIR, "inference", name, "per_class_iou.csv")
+                save_per_class_csv(res["sem_seg"], classes, path)
+                logger.info("Per-class IoU written to %s", path)
+        return results if isinstance(results, OrderedDict) else OrderedDict(results)
+
+
+def setup_cfg(args):
+    """Config from ``args.config_file`` and ``args.opts`` with the project's keys, then
+    Detectron2's ``default_setup`` (output dir, logging, seed, environment report)."""
+    cfg = get_cfg()
+    add_protoseg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="protoseg")
+    return cfg
+
+
+def evaluate_checkpoint(cfg):
+    """``--eval-only``: load ``cfg.MODEL.WEIGHTS`` and evaluate."""
+    model = Trainer.build_model(cfg)
+    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    return Trainer.test(cfg, model)

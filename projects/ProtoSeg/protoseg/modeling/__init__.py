@@ -1,0 +1,19 @@
+"""Modeling: the prototype memory, its clustering and losses (public functional API), heads,
+decoders. Importing registers the heads and decoders in Detectron2's registries."""
+from .clustering import sinkhorn_knopp
+from .losses import masked_cross_entropy, ppc_loss, ppd_loss
+from .prototype_memory import PrototypeMemory
+from .decoders import DECODER_REGISTRY, build_decoder
+from .heads import ParametricSegHead, ProtoSegHead
+
+__all__ = [
+    "sinkhorn_knopp",
+    "ppc_loss",
+    "ppd_loss",
+    "masked_cross_entropy",
+    "PrototypeMemory",
+    "DECODER_REGISTRY",
+    "build_decoder",
+    "ProtoSegHead",
+    "ParametricSegHead",
+]

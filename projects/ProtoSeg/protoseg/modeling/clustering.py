@@ -1,0 +1,91 @@
+"""Within-class online clustering: Sinkhorn-Knopp for all classes at once (paper Eq. 8-10, Alg. 1).
+
+Every class is clustered on its own pixels only (the transport problem of Eq. 8 is per class), but
+all classes run together as segment operations over a flat pixel list: per-class reductions are
+``index_add_`` over the pixel labels, so the cost does not depend on the number of classes present
+and there is no Python loop over classes and no host synchronisation.
+
+Distributed (SwAV's "distributed Sinkhorn"): every reduction over pixels (per-class maximum, total
+mass, per-prototype sums, pixel counts) is all-reduced, so that N processes compute the same
+assignment as one process on the global batch. The collectives have fixed shapes (C, K), so every
+rank issues the same calls whatever classes its own pixels contain.
+"""
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["sinkhorn_knopp"]
+
+
+def _world_reduce(tensor: torch.Tensor, op=None) -> torch.Tensor:
+    """All-reduce in place when a process group of more than one rank exists."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=op if op is not None else dist.ReduceOp.SUM)
+    return tensor
+
+
+def sinkhorn_knopp(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    iters: int = 3,
+    kappa: float = 0.05,
+    distributed: Optional[bool] = None,
+) -> torch.Tensor:
+    """Soft assignment of each pixel to the K prototypes of its own class (Algorithm 1, per class).
+
+    For the n_c pixels of class c, with s (n_c, K) their similarities to the prototypes of c:
+    ``L = exp(s / kappa)^T; L /= sum(L)``; ``iters`` times: ``L /= row sums; L /= K;
+    L /= column sums; L /= n_c``; then ``L *= n_c`` and Q = L^T. (The paper's Algorithm 1 line
+    ``L /= torch.exp(L / kappa)`` is a typo for ``L = exp(L / kappa)``.) Before the exponential a
+    per-class constant (the class's largest score) is subtracted: a uniform scaling of a class's
+    matrix that the first normalisation removes exactly, and that keeps exp(1 / 0.05) = 4.9e8 from
+    overflowing. Always computed in float32, also under autocast.
+
+    Args:
+        scores: (n, K) similarity of each pixel to the K prototypes of its own class.
+        labels: (n,) int64 class of each pixel, in [0, num_classes).
+        num_classes: C.
+        iters: Sinkhorn iterations (paper: 3).
+        kappa: entropic regularisation epsilon (paper: 0.05).
+        distributed: all-reduce the marginals across ranks; default: whenever a process group of
+            more than one rank is initialised.
+
+    Returns:
+        Q: (n, K) float32, each row sums to 1 (the transport plan scaled per pixel).
+    """
+    if scores.dim() != 2 or labels.shape != scores.shape[:1]:
+        raise ValueError(
+            f"sinkhorn_knopp expects scores (n, K) and labels (n,), got {tuple(scores.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
+    reduce = _world_reduce if distributed is not False else (lambda t, op=None: t)
+    num_protos = scores.shape[1]
+    with torch.autocast(device_type=scores.device.type, enabled=False):
+        scores = scores.detach().float()
+        labels = labels.long()
+        # Per-class shift: the largest score of the class (global over ranks).
+        class_max = scores.new_full((num_classes,), float("-inf"))
+        class_max.scatter_reduce_(0, labels, scores.amax(dim=1), reduce="amax", include_self=True)
+        reduce(class_max, dist.ReduceOp.MAX if dist.is_available() else None)
+        class_max = torch.where(torch.isfinite(class_max), class_max, torch.zeros_like(class_max))
+        L = torch.exp((scores - class_max[labels, None]) / kappa)  # (n, K)
+
+        # Total mass per class and pixel count per class, reduced together.
+        totals = scores.new_zeros((2, num_classes))
+        totals[0].index_add_(0, labels, L.sum(dim=1))
+        totals[1].index_add_(0, labels, torch.ones_like(labels, dtype=scores.dtype))
+        reduce(totals)
+        tiny = torch.finfo(torch.float32).tiny
+        mass, count = totals[0].clamp_min(tiny), totals[1].clamp_min(1.0)
+        L = L / mass[labels, None]
+        for _ in range(iters):
+            # Prototype marginal (rows of Algorithm 1's K x n matrix): sum over the class's pixels.
+            proto_sums = scores.new_zeros((num_classes, num_protos)).index_add_(0, labels, L)
+            reduce(proto_sums)
+            L = L / proto_sums.clamp_min(tiny)[labels] / num_protos
+            # Pixel marginal (columns of Algorithm 1's matrix).
+            L = L / L.sum(dim=1, keepdim=True).clamp_min(tiny) / count[labels, None]
+        L = L * count[labels, None]
+    return L

@@ -1,0 +1,156 @@
+"""The ProtoSeg head: nonparametric nearest-prototype classification (paper Sec. 3)."""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+from ..decoders import build_decoder
+from ..distances import similarity_to_distance
+from ..losses import ppc_loss, ppd_loss
+from ..prototype_memory import PrototypeMemory
+from .base import DecoderClassifierHead, resize_labels
+
+__all__ = ["ProtoSegHead"]
+
+CLASS_SCORE_NORMS = ("layernorm", "temperature")
+PROJECTIONS = ("none", "mlp")
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class ProtoSegHead(DecoderClassifierHead):
+    """Decoder -> (projection) -> per-pixel embedding -> similarity to C x K prototypes.
+
+    Inference (Eq. 5-6): class score = similarity to the class's nearest prototype, normalised
+    (LayerNorm over classes or a fixed temperature), argmax. Training adds, once per iteration and
+    without gradient, the within-class clustering of the pixels onto their class's prototypes and
+    the momentum update of the prototypes, and the losses CE (Eq. 7) + lambda_1 PPC (Eq. 11) +
+    lambda_2 PPD (Eq. 12) returned as ``loss_ce``, ``loss_ppc``, ``loss_ppd``.
+
+    The latest prototype statistics (0-dim tensors) are kept in ``self.latest_statistics`` for a
+    trainer hook to log outside the step.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        decoder: nn.Module,
+        *,
+        num_classes: int,
+        ignore_value: int,
+        memory: PrototypeMemory,
+        loss_weight: float = 1.0,
+        ppc_weight: float = 0.01,
+        ppd_weight: float = 0.01,
+        ppc_temperature: float = 0.1,
+        warmup_iters: int = 0,
+        class_score_norm: str = "layernorm",
+        class_score_temperature: float = 0.1,
+        feature_layernorm: bool = True,
+        projection: str = "none",
+    ):
+        """
+        Args:
+            decoder: module with ``out_channels`` (D) and ``out_stride``, features -> (B, D, h, w).
+            memory: the prototype memory, (C, K, D) with D = decoder.out_channels.
+            Other arguments: the MODEL.PROTOSEG keys of the same name (see config.py).
+        """
+        super().__init__(decoder, num_classes=num_classes, ignore_value=ignore_value, loss_weight=loss_weight)
+        dim = decoder.out_channels
+        if memory.dim != dim or memory.num_classes != num_classes:
+            raise ValueError(f"prototype memory {memory.extra_repr()} does not fit C={num_classes}, D={dim}")
+        if class_score_norm not in CLASS_SCORE_NORMS:
+            raise ValueError(f"MODEL.PROTOSEG.CLASS_SCORE_NORM must be one of {CLASS_SCORE_NORMS}, got {class_score_norm!r}")
+        if projection not in PROJECTIONS:
+            raise ValueError(f"MODEL.PROTOSEG.PROJECTION must be one of {PROJECTIONS}, got {projection!r}")
+        self.memory = memory
+        self.ppc_weight, self.ppd_weight, self.ppc_temperature = ppc_weight, ppd_weight, ppc_temperature
+        self.warmup_iters = warmup_iters
+        self.class_score_temperature = class_score_temperature
+        self.projection = (
+            nn.Sequential(nn.Conv2d(dim, dim, 1), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 1))
+            if projection == "mlp"
+            else nn.Identity()
+        )
+        self.feature_norm = nn.LayerNorm(dim) if feature_layernorm else nn.Identity()
+        self.score_norm = nn.LayerNorm(num_classes) if class_score_norm == "layernorm" else None
+        # Training forwards seen so far: decides the warm-up and is restored on resume.
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        self._warmup_done = warmup_iters <= 0
+        self.latest_statistics: Dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        p = cfg.MODEL.PROTOSEG
+        decoder = build_decoder(cfg, input_shape)
+        memory = PrototypeMemory(
+            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            p.NUM_PROTOTYPES,
+            decoder.out_channels,
+            momentum=p.MOMENTUM,
+            sinkhorn_iters=p.SINKHORN_ITERS,
+            sinkhorn_kappa=p.SINKHORN_KAPPA,
+            assignment=p.ASSIGNMENT,
+            update_from_correct_only=p.UPDATE_FROM_CORRECT_ONLY,
+            distance=p.DISTANCE,
+            huber_delta=p.HUBER_DELTA,
+            init_std=p.INIT_STD,
+        )
+        return {
+            "decoder": decoder,
+            "memory": memory,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
+            "ppc_weight": p.PPC_WEIGHT,
+            "ppd_weight": p.PPD_WEIGHT,
+            "ppc_temperature": p.PPC_TEMPERATURE,
+            "warmup_iters": p.WARMUP_ITERS,
+            "class_score_norm": p.CLASS_SCORE_NORM,
+            "class_score_temperature": p.CLASS_SCORE_TEMPERATURE,
+            "feature_layernorm": p.FEATURE_LAYERNORM,
+            "projection": p.PROJECTION,
+        }
+
+    def embed(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) decoder output -> (B*h*w, D) pixel embeddings (unit vectors for cosine)."""
+        x = self.projection(embedding)
+        x = self.feature_norm(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]))
+        return F.normalize(x, dim=1) if self.memory.normalized else x
+
+    def classify(self, embedding: torch.Tensor):
+        b, _, h, w = embedding.shape
+        x = self.embed(embedding)
+        proto_logits = self.memory.similarity(x)  # (N, C*K)
+        scores = self.memory.class_scores(proto_logits)  # (N, C)
+        scores = self.score_norm(scores) if self.score_norm is not None else scores / self.class_score_temperature
+        scores = scores.view(b, h, w, self.num_classes).permute(0, 3, 1, 2)
+        return scores, (x, proto_logits)
+
+    def _prototype_learning_active(self) -> bool:
+        # Reads the iteration buffer (a host sync) only during the warm-up.
+        if not self._warmup_done:
+            self._warmup_done = int(self.iteration) >= self.warmup_iters
+        return self._warmup_done
+
+    def auxiliary_losses(self, scores: torch.Tensor, extras, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        x, proto_logits = extras
+        learn = self._prototype_learning_active()
+        self.iteration += 1
+        if not learn:
+            zero = proto_logits.sum() * 0.0
+            return {"loss_ppc": zero, "loss_ppd": zero}
+        labels = resize_labels(targets, scores.shape[-2:]).flatten()  # (N,)
+        proto_targets, update_targets = self.memory.assign(proto_logits.detach(), labels)
+        if self.memory.update_from_correct_only:
+            correct = scores.detach().argmax(dim=1).flatten() == labels
+            update_targets = torch.where(correct, update_targets, torch.full_like(update_targets, -1))
+        self.latest_statistics = self.memory.update(x, update_targets)
+        ppd_input = 1.0 - similarity_to_distance(proto_logits, self.memory.distance)
+        return {
+            "loss_ppc": self.ppc_weight * ppc_loss(proto_logits, proto_targets, self.ppc_temperature),
+            "loss_ppd": self.ppd_weight * ppd_loss(ppd_input, proto_targets),
+        }

@@ -1,0 +1,54 @@
+"""Losses of ProtoSeg as pure functions: CE on class scores (Eq. 7), PPC (Eq. 11), PPD (Eq. 12).
+
+All losses are means over the valid (non-ignored) pixels and are 0, not NaN, for a batch in which
+every pixel is ignored (the sum is divided by max(1, number of valid pixels); no host sync).
+"""
+import torch
+import torch.nn.functional as F
+
+__all__ = ["masked_cross_entropy", "ppc_loss", "ppd_loss"]
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Cross-entropy averaged over the targets that are not ``ignore_index``.
+
+    Args:
+        logits: (N, C, ...) unnormalised scores.
+        targets: (N, ...) int64 class indices, or ``ignore_index``.
+        ignore_index: the value to ignore (a dataset's ignore label, or -1 for prototype targets).
+    Returns:
+        scalar tensor; 0 when every target is ignored.
+    """
+    total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    num_valid = (targets != ignore_index).sum().clamp_min(1)
+    return total / num_valid
+
+
+def ppc_loss(
+    proto_logits: torch.Tensor,
+    proto_targets: torch.Tensor,
+    temperature: float = 0.1,
+    ignore_index: int = -1,
+) -> torch.Tensor:
+    """Pixel-prototype contrastive loss (Eq. 11): InfoNCE over all C*K prototypes.
+
+    Args:
+        proto_logits: (n, C*K) similarity of each pixel to every prototype (column c*K + k).
+        proto_targets: (n,) int64 index c*K + k of the pixel's assigned prototype, ``ignore_index``
+            (-1) for ignored pixels. Never 255: c*K + k reaches 255 as soon as C*K > 255.
+        temperature: tau (paper 0.1; the reference code uses none, i.e. 1).
+    """
+    return masked_cross_entropy(proto_logits.float() / temperature, proto_targets, ignore_index)
+
+
+def ppd_loss(proto_logits: torch.Tensor, proto_targets: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+    """Pixel-prototype distance loss (Eq. 12): mean over valid pixels of (1 - sim at target)^2.
+
+    Args:
+        proto_logits: (n, C*K) similarities (cosine for the paper's model).
+        proto_targets: (n,) int64 target prototype index, ``ignore_index`` for ignored pixels.
+    """
+    valid = proto_targets != ignore_index
+    index = torch.where(valid, proto_targets, torch.zeros_like(proto_targets))
+    sim = proto_logits.float().gather(1, index[:, None]).squeeze(1)
+    return (((1.0 - sim) ** 2) * valid).sum() / valid.sum().clamp_min(1)

@@ -1,0 +1,202 @@
+"""The non-learnable prototype memory: C x K prototypes per class, their online clustering and
+momentum update (paper Sec. 3.3, Eq. 8-10 and 14), synchronised across processes.
+
+The memory is a buffer (C, K, D): it is saved, loaded and resumed with the model, is not in the
+optimizer and gets no weight decay. It is written only inside :meth:`PrototypeMemory.update`, under
+``torch.no_grad()``, and never with a non-finite value.
+"""
+from typing import Dict, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .clustering import _world_reduce, sinkhorn_knopp
+from .distances import DISTANCES, pairwise_similarity
+
+__all__ = ["PrototypeMemory"]
+
+ASSIGNMENTS = ("argmax", "gumbel")
+
+
+class PrototypeMemory(nn.Module):
+    """C x K prototypes of dimension D, with clustering-based assignment and momentum update."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_prototypes: int,
+        dim: int,
+        *,
+        momentum: float = 0.999,
+        sinkhorn_iters: int = 3,
+        sinkhorn_kappa: float = 0.05,
+        assignment: str = "argmax",
+        update_from_correct_only: bool = True,
+        distance: str = "cosine",
+        huber_delta: float = 0.1,
+        init_std: float = 0.02,
+    ):
+        """
+        Args:
+            num_classes, num_prototypes, dim: C, K, D.
+            momentum: mu of Eq. 14 (paper 0.999; 0 replaces a prototype by its new centre).
+            sinkhorn_iters, sinkhorn_kappa: iterations and epsilon of Algorithm 1 (3, 0.05).
+            assignment: "argmax" of the transport plan (paper) or "gumbel": the reference code's
+                hard Gumbel-softmax sample (tau 0.5) of the plan, used for the update only.
+            update_from_correct_only: update from the pixels the model already classifies
+                correctly (reference code; the paper is silent).
+            distance: "cosine" (unit vectors), "euclidean" or "huber" (Table 5d).
+            huber_delta: delta of the Huberized distance.
+            init_std: std of the truncated-normal initialisation (reference), before l2-norm.
+        """
+        super().__init__()
+        if distance not in DISTANCES:
+            raise ValueError(f"MODEL.PROTOSEG.DISTANCE must be one of {DISTANCES}, got {distance!r}")
+        if assignment not in ASSIGNMENTS:
+            raise ValueError(f"MODEL.PROTOSEG.ASSIGNMENT must be one of {ASSIGNMENTS}, got {assignment!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"MODEL.PROTOSEG.MOMENTUM must be in [0, 1], got {momentum}")
+        self.num_classes, self.num_prototypes, self.dim = num_classes, num_prototypes, dim
+        self.momentum = momentum
+        self.sinkhorn_iters, self.sinkhorn_kappa = sinkhorn_iters, sinkhorn_kappa
+        self.assignment = assignment
+        self.update_from_correct_only = update_from_correct_only
+        self.distance, self.huber_delta = distance, huber_delta
+        protos = torch.empty(num_classes, num_prototypes, dim)
+        nn.init.trunc_normal_(protos, std=init_std)
+        if self.normalized:
+            protos = F.normalize(protos, dim=-1)
+        self.register_buffer("prototypes", protos)
+
+    @property
+    def normalized(self) -> bool:
+        """Whether embeddings and prototypes live on the unit sphere (cosine distance)."""
+        return self.distance == "cosine"
+
+    def extra_repr(self) -> str:
+        return (
+            f"C={self.num_classes}, K={self.num_prototypes}, D={self.dim}, momentum={self.momentum}, "
+            f"distance={self.distance}, assignment={self.assignment}"
+        )
+
+    def similarity(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 5-6 ingredients: similarity of every pixel to every prototype.
+
+        Args:
+            x: (N, D) pixel embeddings (unit vectors for cosine).
+        Returns:
+            (N, C*K) similarities; column c*K + k is prototype k of class c.
+        """
+        protos = self.prototypes.view(-1, self.dim).to(x.dtype)
+        if torch.is_grad_enabled() and protos.data_ptr() == self.prototypes.data_ptr():
+            # Autograd keeps the prototypes for the backward of x; update() then writes them in place.
+            protos = protos.clone()
+        return pairwise_similarity(x, protos, self.distance, self.huber_delta)
+
+    def class_scores(self, proto_logits: torch.Tensor) -> torch.Tensor:
+        """Eq. 6: score of a class = similarity to its nearest prototype. (N, C*K) -> (N, C)."""
+        return proto_logits.view(proto_logits.shape[0], self.num_classes, self.num_prototypes).amax(-1)
+
+    @torch.no_grad()
+    def assign(self, proto_logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Cluster each class's pixels onto its K prototypes (Sinkhorn-Knopp, all classes at once).
+
+        Args:
+            proto_logits: (N, C*K) similarities of the current iteration.
+            labels: (N,) int64 pixel classes; anything outside [0, C) is ignored.
+        Returns:
+            targets: (N,) int64 c*K + k of the assigned prototype (argmax of the plan), -1 where
+                ignored: the PPC/PPD targets.
+            update_targets: (N,) int64 prototype index used by the update: the same as targets
+                for "argmax", a Gumbel sample for "gumbel"; -1 where ignored.
+        """
+        C, K = self.num_classes, self.num_prototypes
+        valid = (labels >= 0) & (labels < C)
+        # Ignored pixels form an extra class C: its clustering is computed and thrown away, which
+        # avoids a data-dependent selection (a host sync) and keeps collectives identical on all ranks.
+        cluster_labels = torch.where(valid, labels, torch.full_like(labels, C))
+        if K == 1:
+            assigned = torch.zeros_like(labels)
+            sampled = assigned
+        else:
+            own = proto_logits.view(-1, C, K).gather(1, labels.clamp(0, C - 1)[:, None, None].expand(-1, 1, K))
+            plan = sinkhorn_knopp(own.squeeze(1), cluster_labels, C + 1, self.sinkhorn_iters, self.sinkhorn_kappa)
+            assigned = plan.argmax(dim=1)
+            if self.assignment == "gumbel":
+                sampled = F.gumbel_softmax(plan, tau=0.5, hard=True).argmax(dim=1)
+            else:
+                sampled = assigned
+        minus_one = torch.full_like(labels, -1)
+        targets = torch.where(valid, labels * K + assigned, minus_one)
+        update_targets = torch.where(valid, labels * K + sampled, minus_one)
+        return targets, update_targets
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, update_targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Momentum update of every prototype that received pixels (Eq. 14), synchronised.
+
+        For prototype (c, k) with assigned pixel embeddings {x_i}: m = l2norm(sum_i x_i) (cosine;
+        the plain mean for the unnormalised distances), p <- mu * p + (1 - mu) * m, then every
+        prototype is l2-normalised. Prototypes with no pixel and classes absent from the batch are
+        unchanged. Embedding sums and counts are all-reduced before the single update, so every
+        rank computes the prototypes of the global batch.
+
+        Args:
+            x: (N, D) pixel embeddings (detached inside).
+            update_targets: (N,) int64 prototype index c*K + k, -1 for pixels that do not update.
+        Returns:
+            statistics as 0-dim tensors (no host sync): "used_share" (share of the prototypes of
+            the classes that had update pixels which received at least one pixel) and
+            "intra_class_cosine" (mean pairwise cosine between the K prototypes of a class).
+        """
+        C, K, D = self.num_classes, self.num_prototypes, self.dim
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.detach().float()
+            slot = torch.where(update_targets >= 0, update_targets, torch.full_like(update_targets, C * K))
+            stats = x.new_zeros((C * K + 1, D + 1))
+            stats[:, :D].index_add_(0, slot, x)
+            stats[:, D].index_add_(0, slot, torch.ones_like(x[:, 0]))
+            _world_reduce(stats)
+            sums, counts = stats[: C * K, :D], stats[: C * K, D]
+            if self.normalized:
+                centres = F.normalize(sums, dim=1)
+            else:
+                centres = sums / counts.clamp_min(1.0)[:, None]
+            old = self.prototypes.view(C * K, D).float()
+            new = self.momentum * old + (1.0 - self.momentum) * centres
+            if self.normalized:
+                new = F.normalize(new, dim=1)
+            keep = (counts > 0) & torch.isfinite(new).all(dim=1)
+            self.prototypes.copy_(torch.where(keep[:, None], new, old).view(C, K, D))
+
+            class_counts = counts.view(C, K)
+            present = (class_counts.sum(1) > 0).float()
+            used = ((class_counts > 0).float().sum(1) * present).sum() / (present.sum() * K).clamp_min(1)
+        return {"used_share": used, "intra_class_cosine": self.intra_class_cosine()}
+
+    @torch.no_grad()
+    def intra_class_cosine(self) -> torch.Tensor:
+        """Mean pairwise cosine between distinct prototypes of the same class (0-dim tensor).
+
+        Near 1 means the K prototypes of a class have collapsed (reference issue #15).
+        """
+        K = self.num_prototypes
+        if K < 2:
+            return self.prototypes.new_zeros(())
+        unit = F.normalize(self.prototypes.float(), dim=-1)
+        gram = unit @ unit.transpose(1, 2)  # (C, K, K)
+        off_diag = gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)
+        return (off_diag / (K * (K - 1))).mean()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        key = prefix + "prototypes"
+        if key in state_dict and state_dict[key].shape != self.prototypes.shape:
+            got = tuple(state_dict[key].shape)
+            raise ValueError(
+                f"checkpoint prototype buffer '{key}' has shape {got} (C, K, D) but the model expects "
+                f"{tuple(self.prototypes.shape)}: check MODEL.SEM_SEG_HEAD.NUM_CLASSES, "
+                f"MODEL.PROTOSEG.NUM_PROTOTYPES and the decoder width of the config"
+            )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)

@@ -1,0 +1,53 @@
+"""Optimizer (SGD or AdamW) and poly learning-rate schedule with warm-up (paper Sec. 5.1)."""
+import torch
+from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
+
+from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
+
+__all__ = ["build_optimizer", "build_lr_scheduler"]
+
+OPTIMIZERS = ("SGD", "ADAMW")
+
+
+def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov) or AdamW over the model's parameters, from ``cfg.SOLVER``.
+
+    The prototype memory is a buffer, so it is never in the optimizer and gets no weight decay.
+    Normalisation layers use ``SOLVER.WEIGHT_DECAY_NORM``.
+    """
+    name = cfg.SOLVER.OPTIMIZER.upper()
+    if name not in OPTIMIZERS:
+        raise ValueError(f"SOLVER.OPTIMIZER must be one of {OPTIMIZERS}, got {cfg.SOLVER.OPTIMIZER!r}")
+    params = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    )
+    if name == "SGD":
+        optim_cls, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
+    else:
+        optim_cls, kwargs = torch.optim.AdamW, {}
+    return maybe_add_gradient_clipping(cfg, optim_cls)(
+        params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs
+    )
+
+
+def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
+    """``WarmupPolyLR``: lr = base_lr * (1 - iter / MAX_ITER) ** POLY_LR_POWER after a warm-up of
+    ``SOLVER.WARMUP_ITERS``; Detectron2's own schedules for any other ``LR_SCHEDULER_NAME``.
+    The returned scheduler's state is part of every checkpoint, so ``--resume`` continues it.
+    """
+    if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
+        return build_d2_lr_scheduler(cfg, optimizer)
+    sched = WarmupParamScheduler(
+        PolynomialDecayParamScheduler(1.0, cfg.SOLVER.POLY_LR_POWER),
+        cfg.SOLVER.WARMUP_FACTOR,
+        min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
+        cfg.SOLVER.WARMUP_METHOD,
+    )
+    return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)

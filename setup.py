@@ -1,0 +1,24 @@
+"""Installs the ``protoseg`` package (a Detectron2 project) from ``projects/ProtoSeg``.
+
+Detectron2 itself is not a dependency listed here: its name is not on PyPI. ``tools/setup_env.sh``
+installs it (or keeps the one the interpreter already has); see README.md.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="protoseg-d2",
+    version="0.1.0",
+    description="ProtoSeg (Rethinking Semantic Segmentation: A Prototype View, CVPR 2022) for Detectron2",
+    package_dir={"": "projects/ProtoSeg"},
+    packages=find_packages("projects/ProtoSeg"),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=1.10",
+        "numpy>=1.24",  # the project code uses no alias removed in 1.24
+        "Pillow>=10.3",  # below 10.3: CVE-2023-4863, CVE-2023-50447, CVE-2024-28219
+        "opencv-python-headless",
+        "fvcore",
+        "matplotlib",
+        "tabulate",
+    ],
+)

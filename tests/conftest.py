@@ -1,0 +1,43 @@
+"""Shared fixtures: configs of the toy model, and a small toy-scenes dataset generated once."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+
+import protoseg
+from protoseg.data import register_toy_scenes, toy_scenes
+
+REPO = Path(__file__).resolve().parent.parent
+TOY_CONFIGS = REPO / "configs" / "toy"
+
+
+def toy_cfg(name: str = "protoseg_r50-d8_fcn_toy.yaml", opts=()):
+    """A config of configs/toy with ``opts`` overrides (KEY, VALUE, ...), not frozen."""
+    cfg = get_cfg()
+    protoseg.add_protoseg_config(cfg)
+    cfg.merge_from_file(str(TOY_CONFIGS / name))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def random_batch(n=2, size=64, num_classes=8, ignore=255, seed=0):
+    """Detectron2 model inputs: n images (3, size, size) and label maps with some ignore pixels."""
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(n):
+        labels = torch.randint(0, num_classes, (size, size), generator=g)
+        labels[: size // 8] = ignore
+        batch.append({"image": torch.rand(3, size, size, generator=g) * 255, "sem_seg": labels})
+    return batch
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(tmp_path_factory):
+    """A small default-spec toy-scenes dataset, registered as toy_test_train / toy_test_val."""
+    root = tmp_path_factory.mktemp("datasets") / "toy_scenes"
+    toy_scenes.generate_toy_scenes(root, toy_scenes.ToySceneSpec(num_train=64, num_val=16))
+    register_toy_scenes(root, prefix="toy_test")
+    return root

@@ -1,0 +1,164 @@
+"""The ProtoSeg head inside Detectron2's SemanticSegmentor, and its parametric baselines."""
+import copy
+
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from protoseg.solver import build_optimizer
+
+from conftest import random_batch, toy_cfg
+
+
+def build(opts=(), name="protoseg_r50-d8_fcn_toy.yaml", seed=0):
+    torch.manual_seed(seed)
+    return build_model(toy_cfg(name, opts))
+
+
+def test_eval_needs_no_labels_is_deterministic_and_leaves_prototypes():
+    model = build()
+    model.train()
+    model(random_batch())  # one training step moves the prototypes
+    model.eval()
+    protos = model.sem_seg_head.memory.prototypes.clone()
+    images = [{"image": x["image"]} for x in random_batch(seed=1)]
+    with torch.no_grad():
+        a, b = model(images), model(images)
+    assert a[0]["sem_seg"].shape == (8, 64, 64)
+    assert torch.equal(a[0]["sem_seg"], b[0]["sem_seg"])
+    # evaluation with labels present still never clusters nor updates
+    with torch.no_grad():
+        model(random_batch(seed=2))
+    assert torch.equal(model.sem_seg_head.memory.prototypes, protos)
+
+
+def test_training_step_returns_the_three_losses_and_updates_prototypes():
+    model = build()
+    model.train()
+    before = model.sem_seg_head.memory.prototypes.clone()
+    losses = model(random_batch())
+    assert set(losses) == {"loss_ce", "loss_ppc", "loss_ppd"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    after = model.sem_seg_head.memory.prototypes
+    assert not torch.equal(before, after)
+    assert torch.allclose(after.norm(dim=-1), torch.ones(after.shape[:2]), atol=1e-5)
+    assert int(model.sem_seg_head.iteration) == 1
+    stats = model.sem_seg_head.latest_statistics
+    assert set(stats) == {"used_share", "intra_class_cosine"}
+
+
+def test_prototypes_survive_checkpoint_round_trip(tmp_path):
+    model = build()
+    model.train()
+    for seed in range(3):
+        model(random_batch(seed=seed))
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("ckpt")
+    fresh = build(seed=123)
+    assert not torch.equal(fresh.sem_seg_head.memory.prototypes, model.sem_seg_head.memory.prototypes)
+    DetectionCheckpointer(fresh).load(str(tmp_path / "ckpt.pth"))
+    assert torch.equal(fresh.sem_seg_head.memory.prototypes, model.sem_seg_head.memory.prototypes)
+    assert int(fresh.sem_seg_head.iteration) == 3
+    model.eval(), fresh.eval()
+    images = [{"image": x["image"]} for x in random_batch(seed=9)]
+    with torch.no_grad():
+        assert torch.equal(model(images)[0]["sem_seg"], fresh(images)[0]["sem_seg"])
+
+
+def test_prototypes_are_not_optimised():
+    model = build()
+    cfg = toy_cfg()
+    optimizer = build_optimizer(cfg, model)
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(model.sem_seg_head.memory.prototypes) not in in_optimizer
+    assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
+    assert "sem_seg_head.memory.prototypes" in model.state_dict()
+
+
+def test_parameter_counts_protoseg_is_baseline_minus_classifier():
+    # METHOD.md: ProtoSeg = parametric baseline minus its C-way classifier (paper's param counts),
+    # plus the reference's two LayerNorms (features: 2D, class scores: 2C).
+    C, D = 8, 64
+    proto = sum(p.numel() for p in build().parameters())
+    baseline = sum(p.numel() for p in build(name="parametric_r50-d8_fcn_toy.yaml").parameters())
+    assert baseline - proto == C * (D + 1) - 2 * D - 2 * C
+    k10 = build(["MODEL.PARAMETRIC.NUM_PROTOTYPES", 10], name="parametric_r50-d8_fcn_toy.yaml")
+    assert sum(p.numel() for p in k10.parameters()) - baseline == C * 10 * (D + 1) - C * (D + 1)
+    # the nonparametric head's learnable parameters do not depend on K
+    assert sum(p.numel() for p in build(["MODEL.PROTOSEG.NUM_PROTOTYPES", 20]).parameters()) == proto
+
+
+@pytest.mark.parametrize("k", [1, 10])
+def test_parametric_baseline_trains_a_step(k):
+    model = build(["MODEL.PARAMETRIC.NUM_PROTOTYPES", k], name="parametric_r50-d8_fcn_toy.yaml")
+    model.train()
+    losses = model(random_batch())
+    assert set(losses) == {"loss_ce"} and torch.isfinite(losses["loss_ce"])
+    model.eval()
+    with torch.no_grad():
+        assert model([{"image": random_batch()[0]["image"]}])[0]["sem_seg"].shape == (8, 64, 64)
+
+
+def test_warmup_skips_prototype_learning():
+    model = build(["MODEL.PROTOSEG.WARMUP_ITERS", 2])
+    model.train()
+    protos = model.sem_seg_head.memory.prototypes.clone()
+    for seed in range(2):
+        losses = model(random_batch(seed=seed))
+        assert losses["loss_ppc"].item() == 0.0 and losses["loss_ppd"].item() == 0.0
+    assert torch.equal(model.sem_seg_head.memory.prototypes, protos)
+    losses = model(random_batch(seed=5))
+    assert losses["loss_ppc"].item() > 0
+    assert not torch.equal(model.sem_seg_head.memory.prototypes, protos)
+
+
+def test_sixteen_bit_ignore_value_is_honoured():
+    model = build(["MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 65535])
+    model.train()
+    batch = random_batch(ignore=65535)
+    for x in batch:
+        x["sem_seg"][:, :8] = 65535
+    losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    all_ignored = random_batch(ignore=65535)
+    for x in all_ignored:
+        x["sem_seg"][:] = 65535
+    before = model.sem_seg_head.memory.prototypes.clone()
+    losses = model(all_ignored)
+    assert all(v.item() == 0.0 for v in losses.values())
+    assert torch.equal(model.sem_seg_head.memory.prototypes, before)
+
+
+def test_training_under_autocast_keeps_prototypes_finite_unit_norm():
+    model = build()
+    model.train()
+    for seed in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = model(random_batch(seed=seed))
+        sum(losses.values()).backward()
+        assert all(torch.isfinite(v) for v in losses.values())
+    protos = model.sem_seg_head.memory.prototypes
+    assert protos.dtype == torch.float32 and torch.isfinite(protos).all()
+    assert torch.allclose(protos.norm(dim=-1), torch.ones(protos.shape[:2]), atol=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "huber"])
+def test_distance_variants_train(distance):
+    model = build(["MODEL.PROTOSEG.DISTANCE", distance])
+    model.train()
+    losses = model(random_batch())
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert torch.isfinite(model.sem_seg_head.memory.prototypes).all()
+
+
+def test_reference_switches_build_and_train():
+    model = build([
+        "MODEL.PROTOSEG.PROJECTION", "mlp", "MODEL.PROTOSEG.ASSIGNMENT", "gumbel",
+        "MODEL.PROTOSEG.CLASS_SCORE_NORM", "temperature", "MODEL.PROTOSEG.UPDATE_FROM_CORRECT_ONLY", False,
+        "MODEL.PROTOSEG.PPC_TEMPERATURE", 1.0,
+    ])
+    model.train()
+    losses = model(random_batch())
+    assert all(torch.isfinite(v) for v in losses.values())
