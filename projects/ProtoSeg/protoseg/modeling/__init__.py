@@ -3,6 +3,7 @@ decoders. Importing registers the heads and decoders in Detectron2's registries.
 from .clustering import sinkhorn_knopp
 from .losses import masked_cross_entropy, ppc_loss, ppd_loss
 from .prototype_memory import PrototypeMemory
+from .backbones import build_dilated_resnet_backbone
 from .decoders import DECODER_REGISTRY, build_decoder
 from .heads import ParametricSegHead, ProtoSegHead
 
@@ -14,6 +15,7 @@ __all__ = [
     "PrototypeMemory",
     "DECODER_REGISTRY",
     "build_decoder",
+    "build_dilated_resnet_backbone",
     "ProtoSegHead",
     "ParametricSegHead",
 ]
