@@ -52,3 +52,10 @@ def test_masked_cross_entropy_with_sixteen_bit_ignore():
     expected = math.log(1 + math.exp(-2))
     assert masked_cross_entropy(logits, targets, 65535).item() == pytest.approx(expected, rel=1e-6)
     assert masked_cross_entropy(logits, torch.tensor([[[65535]]]), 65535).item() == 0.0
+
+
+def test_ppd_for_distances_is_squared_distance():
+    # similarity = -distance for the Euclidean / Huberized variants (Table 5d)
+    logits = torch.tensor([[-0.5, -2.0], [-1.0, -0.1]])
+    targets = torch.tensor([1, 0])
+    assert ppd_loss(logits, targets, distance="euclidean").item() == pytest.approx((4.0 + 1.0) / 2)

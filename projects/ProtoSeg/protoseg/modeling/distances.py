@@ -7,7 +7,7 @@ All functions map embeddings x (N, D) and prototypes (M, D) to similarities (N, 
 """
 import torch
 
-__all__ = ["DISTANCES", "pairwise_similarity", "similarity_to_distance"]
+__all__ = ["DISTANCES", "pairwise_similarity"]
 
 DISTANCES = ("cosine", "euclidean", "huber")
 
@@ -33,8 +33,3 @@ def pairwise_similarity(x: torch.Tensor, protos: torch.Tensor, distance: str = "
     if distance == "huber":
         return -huber_delta * (torch.sqrt(sq / huber_delta**2 + 1.0) - 1.0)
     raise ValueError(f"MODEL.PROTOSEG.DISTANCE must be one of {DISTANCES}, got {distance!r}")
-
-
-def similarity_to_distance(sim: torch.Tensor, distance: str = "cosine") -> torch.Tensor:
-    """The distance whose square PPD (Eq. 12) penalises: 1 - cos for cosine, -sim otherwise."""
-    return 1.0 - sim if distance == "cosine" else -sim

@@ -41,14 +41,19 @@ def ppc_loss(
     return masked_cross_entropy(proto_logits.float() / temperature, proto_targets, ignore_index)
 
 
-def ppd_loss(proto_logits: torch.Tensor, proto_targets: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+def ppd_loss(
+    proto_logits: torch.Tensor, proto_targets: torch.Tensor, ignore_index: int = -1, distance: str = "cosine"
+) -> torch.Tensor:
     """Pixel-prototype distance loss (Eq. 12): mean over valid pixels of (1 - sim at target)^2.
 
     Args:
         proto_logits: (n, C*K) similarities (cosine for the paper's model).
         proto_targets: (n,) int64 target prototype index, ``ignore_index`` for ignored pixels.
+        distance: "cosine" (Eq. 12); for the distances of Table 5d, whose similarity is minus the
+            distance, the loss is the squared distance to the target prototype.
     """
     valid = proto_targets != ignore_index
     index = torch.where(valid, proto_targets, torch.zeros_like(proto_targets))
-    sim = proto_logits.float().gather(1, index[:, None]).squeeze(1)
-    return (((1.0 - sim) ** 2) * valid).sum() / valid.sum().clamp_min(1)
+    sim = proto_logits.gather(1, index[:, None]).squeeze(1).float()
+    gap = 1.0 - sim if distance == "cosine" else sim
+    return ((gap**2) * valid).sum() / valid.sum().clamp_min(1)

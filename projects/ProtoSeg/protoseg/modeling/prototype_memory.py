@@ -96,8 +96,12 @@ class PrototypeMemory(nn.Module):
         return pairwise_similarity(x, protos, self.distance, self.huber_delta)
 
     def class_scores(self, proto_logits: torch.Tensor) -> torch.Tensor:
-        """Eq. 6: score of a class = similarity to its nearest prototype. (N, C*K) -> (N, C)."""
-        return proto_logits.view(proto_logits.shape[0], self.num_classes, self.num_prototypes).amax(-1)
+        """Eq. 6: score of a class = similarity to its nearest prototype. (N, C*K) -> (N, C).
+
+        ``max(...).values`` rather than ``amax``: its backward is a scatter of N*C values, where
+        amax's is several passes over the whole (N, C, K) tensor (measured 2x slower at C=150).
+        """
+        return proto_logits.view(proto_logits.shape[0], self.num_classes, self.num_prototypes).max(-1).values
 
     @torch.no_grad()
     def assign(self, proto_logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -132,6 +136,25 @@ class PrototypeMemory(nn.Module):
         targets = torch.where(valid, labels * K + assigned, minus_one)
         update_targets = torch.where(valid, labels * K + sampled, minus_one)
         return targets, update_targets
+
+    @torch.no_grad()
+    def cluster_and_update(
+        self, x: torch.Tensor, proto_logits: torch.Tensor, class_scores: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """One iteration of prototype learning (Sec. 3.3): cluster, then update the memory.
+
+        Args:
+            x: (N, D) pixel embeddings. proto_logits: (N, C*K) their similarities to the
+            prototypes before the update. class_scores: (N, C) the model's class scores (for the
+            correct-only rule). labels: (N,) int64, anything outside [0, C) ignored.
+        Returns:
+            (PPC/PPD targets (N,) with -1 for ignored pixels, statistics of :meth:`update`).
+        """
+        targets, update_targets = self.assign(proto_logits, labels)
+        if self.update_from_correct_only:
+            correct = class_scores.argmax(dim=1) == labels
+            update_targets = torch.where(correct, update_targets, torch.full_like(update_targets, -1))
+        return targets, self.update(x, update_targets)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, update_targets: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..decoders import build_decoder
-from ..distances import similarity_to_distance
 from ..losses import ppc_loss, ppd_loss
 from ..prototype_memory import PrototypeMemory
 from .base import DecoderClassifierHead, resize_labels
@@ -127,8 +126,10 @@ class ProtoSegHead(DecoderClassifierHead):
         proto_logits = self.memory.similarity(x)  # (N, C*K)
         scores = self.memory.class_scores(proto_logits)  # (N, C)
         scores = self.score_norm(scores) if self.score_norm is not None else scores / self.class_score_temperature
-        scores = scores.view(b, h, w, self.num_classes).permute(0, 3, 1, 2)
-        return scores, (x, proto_logits)
+        flat_scores = scores
+        # contiguous: a permuted (channels-last) map makes every later resize copy (B, C, H, W).
+        scores = scores.view(b, h, w, self.num_classes).permute(0, 3, 1, 2).contiguous()
+        return scores, (x, proto_logits, flat_scores)
 
     def _prototype_learning_active(self) -> bool:
         # Reads the iteration buffer (a host sync) only during the warm-up.
@@ -137,20 +138,17 @@ class ProtoSegHead(DecoderClassifierHead):
         return self._warmup_done
 
     def auxiliary_losses(self, scores: torch.Tensor, extras, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        x, proto_logits = extras
+        x, proto_logits, flat_scores = extras
         learn = self._prototype_learning_active()
         self.iteration += 1
         if not learn:
             zero = proto_logits.sum() * 0.0
             return {"loss_ppc": zero, "loss_ppd": zero}
         labels = resize_labels(targets, scores.shape[-2:]).flatten()  # (N,)
-        proto_targets, update_targets = self.memory.assign(proto_logits.detach(), labels)
-        if self.memory.update_from_correct_only:
-            correct = scores.detach().argmax(dim=1).flatten() == labels
-            update_targets = torch.where(correct, update_targets, torch.full_like(update_targets, -1))
-        self.latest_statistics = self.memory.update(x, update_targets)
-        ppd_input = 1.0 - similarity_to_distance(proto_logits, self.memory.distance)
+        proto_targets, self.latest_statistics = self.memory.cluster_and_update(
+            x, proto_logits.detach(), flat_scores.detach(), labels
+        )
         return {
             "loss_ppc": self.ppc_weight * ppc_loss(proto_logits, proto_targets, self.ppc_temperature),
-            "loss_ppd": self.ppd_weight * ppd_loss(ppd_input, proto_targets),
+            "loss_ppd": self.ppd_weight * ppd_loss(proto_logits, proto_targets, distance=self.memory.distance),
         }

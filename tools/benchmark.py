@@ -1,0 +1,719 @@
+#!/usr/bin/env python
+"""Benchmark of ProtoSeg's prototype learning and inference cost, side by side in one run.
+
+Why: "We must be measurably faster than the reference's per-class loop, close to the cost of the
+one similarity product that both need." This script measures exactly that, plus the inference
+overhead of the nonparametric head over its parametric baseline and the head's training memory.
+
+What is measured (for C in {19, 150, 847} classes, K prototypes per class, N pixel embeddings of
+dimension D):
+
+(a) The prototype learning step, forward + backward, of the batched implementation of
+    ``protoseg.modeling`` (what ``ProtoSegHead.auxiliary_losses`` does, line by line): similarity
+    x @ P^T (N x CK), class scores (max over K), clustering (Sinkhorn-Knopp for all classes at once,
+    ``PrototypeMemory.assign``), momentum update (``PrototypeMemory.update``), CE + PPC + PPD
+    losses, backward into the embeddings x (an (N, D) leaf with requires_grad; the prototypes get no
+    gradient). Against :func:`per_class_loop_step`, a straightforward per-class Python loop of the
+    same math, structured like the reference implementation (openseg.pytorch's
+    ``prototype_learning``): for every class present, select its pixels, run Algorithm 1 on its
+    (n_c, K) scores, argmax, momentum update of its prototypes with the l2-normalised sums of its
+    correctly classified assigned pixels, targets c*K + k. At start-up, on small inputs, both are run
+    for two steps from the same prototypes and must give identical targets and allclose prototypes,
+    losses and gradients (the run aborts otherwise): the comparison is one of equal math.
+    The loop here shares the one similarity product with the batched step; the reference computes
+    a second one (an einsum for the scores and an mm for the PPC logits), so the real reference is
+    slower still. It loops over the classes present (``unique``); the reference loops over all C
+    and skips absent ones. The no-grad part alone (clustering + update) is timed separately too.
+(b) The same batched step against the floor that every implementation needs: the similarity
+    product x @ P^T, forward and backward, plus the max over K (``PrototypeMemory.class_scores``).
+(c) Inference of the whole model (backbone + decoder + head, Detectron2 ``build_model`` from
+    configs/toy/protoseg_r50-d8_fcn_toy.yaml and configs/toy/parametric_r50-d8_fcn_toy.yaml with
+    MODEL.SEM_SEG_HEAD.NUM_CLASSES = C and the decoder width MODEL.SEM_SEG_HEAD.CONVS_DIM =
+    --model-dim), eval mode, no_grad, random images, and the head alone: decoder output ->
+    class scores at the decoder stride (``head.classify``; ProtoSeg: LayerNorm + l2-norm + N x CK
+    product + max over K + LayerNorm over C; baseline: a 1x1 conv to C channels).
+(d) Peak memory of the step of (a) (and of the loop and the floor) at C = --memory-classes (847).
+    CUDA: ``torch.cuda.max_memory_allocated`` above the level before the step. CPU: the PyTorch
+    profiler's allocation events (``profile_memory=True``: every allocation and free of the CPU
+    tensor allocator, with timestamps), accumulated in time order: the peak of bytes held above the
+    level at the start, the CPU analogue of max_memory_allocated. A self-check on a known allocation
+    pattern runs first; if it fails, (d) reports n/a. The size of one N x CK float32 matrix is
+    printed for scale.
+
+Data: embeddings are unit vectors near one of the K prototypes of their class (noise of norm 3,
+so most pixels are classified correctly and the update has work to do), labels follow a Zipf law
+(frequency ~ 1 / rank) over ``present`` randomly chosen classes, and a share --ignore-frac of the
+pixels carries the ignore label 255. ``present`` (--present C:n,...) defaults to all 19 classes for
+Cityscapes, 60 of 150 (an ADE20K batch), 128 of 847 (ADE20K-Full: 100-150 classes per batch).
+Hyper-parameters are the paper's: K=10, mu=0.999, kappa=0.05, 3 Sinkhorn iterations, tau=0.1,
+lambda1=lambda2=0.01; class scores are divided by a fixed temperature 0.1 before CE (the head's
+"temperature" class-score norm), CE at feature resolution.
+
+Timing: --warmup untimed calls, then --reps timed calls per variant, interleaved round-robin (so a
+slow spell of the shared machine hits all variants alike); median and min reported, in ms;
+``torch.cuda.synchronize()`` before and after each timed call on CUDA. Threads: PyTorch's default
+(printed; --threads overrides). OMP_WAIT_POLICY defaults to PASSIVE (see below; an explicit setting
+in the environment is kept). The CPU pressure of the machine (Linux PSI, /proc/pressure/cpu: share
+of time some runnable task waited for a CPU) is printed before and after: above ~20 %, other
+tenants compete for the cores and CPU timings are inflated and noisy. Ratios: "loop / batched" is
+the speed-up of the batched step over the loop; "batched / floor" the cost of the step relative to
+the similarity product alone.
+
+Usage:
+    python tools/benchmark.py                      # CPU defaults: N=8192, D=256, ~3 minutes on 2 cores
+    python tools/benchmark.py --device cuda        # N=2*128*128 (batch 2, 512x512, stride 4), D=768
+    python tools/benchmark.py --quick --json out.json   # smoke run (tiny sizes, 1 repetition)
+The table goes to stdout; the JSON to --json PATH, or to stdout after the table without --json.
+"""
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+# OpenMP threads that spin while waiting collapse when the CPU is shared: on this project's 2-core
+# machine, with another tenant busy, a 2-thread forward of the toy model took 2.9 s instead of 0.14 s
+# (the parametric head's 1x1 conv: 30 ms instead of 0.5 ms). PASSIVE makes waiting threads sleep.
+# It must be set before the OpenMP runtime loads (import torch); an explicit setting is respected.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from protoseg.modeling import PrototypeMemory, masked_cross_entropy, ppc_loss, ppd_loss  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TOY_CONFIGS = REPO / "configs" / "toy"
+
+IGNORE = 255
+HP = dict(  # the paper's hyper-parameters (Sec. 5.1)
+    momentum=0.999,
+    sinkhorn_iters=3,
+    sinkhorn_kappa=0.05,
+    ppc_temperature=0.1,
+    ppc_weight=0.01,
+    ppd_weight=0.01,
+    score_temperature=0.1,
+)
+DEFAULT_PRESENT = {19: 19, 150: 60, 847: 128}
+TARGETS = dict(loop_speedup_min=2.0, floor_ratio_max=1.5, inference_ratio_max=1.05)
+
+
+# --------------------------------------------------------------------------------------------
+# The batched step (the library) and the floor
+# --------------------------------------------------------------------------------------------
+
+
+def batched_step(memory: PrototypeMemory, x: torch.Tensor, labels: torch.Tensor, hp=HP):
+    """One prototype learning step with the library, as ``ProtoSegHead.auxiliary_losses`` does it.
+
+    Returns (loss, PPC targets, losses dict); x.grad holds the gradient afterwards.
+    """
+    proto_logits = memory.similarity(x)  # (N, C*K)
+    scores = memory.class_scores(proto_logits)  # (N, C)
+    proto_targets, _ = memory.cluster_and_update(x, proto_logits.detach(), scores.detach(), labels)
+    losses = {
+        "ce": masked_cross_entropy(scores / hp["score_temperature"], labels, IGNORE),
+        "ppc": ppc_loss(proto_logits, proto_targets, hp["ppc_temperature"]),
+        "ppd": ppd_loss(proto_logits, proto_targets, distance=memory.distance),
+    }
+    loss = losses["ce"] + hp["ppc_weight"] * losses["ppc"] + hp["ppd_weight"] * losses["ppd"]
+    loss.backward()
+    return loss.detach(), proto_targets, {k: v.detach() for k, v in losses.items()}
+
+
+def batched_cluster_update(memory: PrototypeMemory, proto_logits, x, labels, correct):
+    """The no-grad part of :func:`batched_step`: clustering and momentum update."""
+    targets, update_targets = memory.assign(proto_logits, labels)
+    update_targets = torch.where(correct, update_targets, torch.full_like(update_targets, -1))
+    memory.update(x, update_targets)
+    return targets
+
+
+def floor_step(prototypes: torch.Tensor, x: torch.Tensor):
+    """What every implementation needs: x @ P^T forward and backward, and the max over K."""
+    C, K, D = prototypes.shape
+    proto_logits = x @ prototypes.reshape(C * K, D).t()
+    scores = proto_logits.view(-1, C, K).max(-1).values
+    scores.sum().backward()
+
+
+# --------------------------------------------------------------------------------------------
+# The reference: a per-class Python loop of the same math
+# --------------------------------------------------------------------------------------------
+
+
+def sinkhorn_algorithm1(scores: torch.Tensor, iters: int, kappa: float) -> torch.Tensor:
+    """Algorithm 1 of the paper for the pixels of one class, written as the reference does.
+
+    scores (n, K) -> Q (n, K), each row summing to 1. (No shift before exp: exp(1 / 0.05) = 4.9e8
+    is fine in float32.)
+    """
+    L = torch.exp(scores / kappa).t()  # K x n
+    K, n = L.shape
+    L = L / L.sum()
+    for _ in range(iters):
+        L = L / L.sum(dim=1, keepdim=True)  # prototype marginal
+        L = L / K
+        L = L / L.sum(dim=0, keepdim=True)  # pixel marginal
+        L = L / n
+    L = L * n
+    return L.t()
+
+
+@torch.no_grad()
+def per_class_cluster_update(prototypes, proto_logits, x, labels, correct, hp=HP):
+    """Clustering and momentum update, one class at a time (the reference's structure).
+
+    Returns (targets (N,) with c*K + k, -1 where ignored; the new prototypes (C, K, D)).
+    """
+    C, K, _ = prototypes.shape
+    targets = torch.full_like(labels, -1)
+    protos = prototypes.clone()
+    valid = (labels >= 0) & (labels < C)
+    for c in torch.unique(labels[valid]).tolist():
+        sel = labels == c
+        q = sinkhorn_algorithm1(proto_logits[sel, c * K:(c + 1) * K], hp["sinkhorn_iters"], hp["sinkhorn_kappa"])
+        k = q.argmax(dim=1)
+        targets[sel] = c * K + k
+        one_hot = F.one_hot(k, K).to(x.dtype) * correct[sel, None].to(x.dtype)  # only correct pixels
+        f = one_hot.t() @ x[sel]  # (K, D) embedding sums per prototype
+        n = one_hot.sum(dim=0)
+        if n.sum() > 0:  # a host sync per class, as in the reference
+            f = F.normalize(f, dim=-1)
+            used = n != 0
+            protos[c, used] = hp["momentum"] * protos[c, used] + (1.0 - hp["momentum"]) * f[used]
+    return targets, F.normalize(protos, dim=-1)
+
+
+def per_class_loop_step(prototypes: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, hp=HP):
+    """The step of :func:`batched_step` with a per-class loop for clustering and update.
+
+    Args:
+        prototypes: (C, K, D) unit prototypes (not modified).
+        x: (N, D) unit embeddings, requires_grad. labels: (N,) int64, 255 = ignore.
+    Returns:
+        (new prototypes, loss, PPC targets, losses dict); x.grad holds the gradient afterwards.
+    """
+    C, K, D = prototypes.shape
+    proto_logits = x @ prototypes.reshape(C * K, D).t()  # (N, C*K)
+    scores = proto_logits.view(-1, C, K).max(-1).values  # (N, C)
+    correct = scores.detach().argmax(dim=1) == labels
+    targets, new_prototypes = per_class_cluster_update(prototypes, proto_logits.detach(), x.detach(), labels, correct, hp)
+    valid = targets >= 0
+    sim = proto_logits.gather(1, targets.clamp_min(0)[:, None]).squeeze(1)
+    losses = {
+        "ce": F.cross_entropy(scores / hp["score_temperature"], labels, ignore_index=IGNORE),
+        "ppc": F.cross_entropy(proto_logits / hp["ppc_temperature"], targets, ignore_index=-1),
+        "ppd": ((1.0 - sim) ** 2)[valid].mean(),
+    }
+    loss = losses["ce"] + hp["ppc_weight"] * losses["ppc"] + hp["ppd_weight"] * losses["ppd"]
+    loss.backward()
+    return new_prototypes, loss.detach(), targets, {k: v.detach() for k, v in losses.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Data, timing, memory
+# --------------------------------------------------------------------------------------------
+
+
+def make_memory(prototypes: torch.Tensor) -> PrototypeMemory:
+    C, K, D = prototypes.shape
+    memory = PrototypeMemory(
+        C, K, D, momentum=HP["momentum"], sinkhorn_iters=HP["sinkhorn_iters"], sinkhorn_kappa=HP["sinkhorn_kappa"]
+    ).to(prototypes.device)
+    memory.prototypes.copy_(prototypes)
+    return memory
+
+
+def make_problem(C, K, D, N, present, ignore_frac, seed, device):
+    """Unit prototypes (C, K, D), unit embeddings near their class's prototypes (N, D), labels (N,)."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = F.normalize(torch.randn(C, K, D, generator=g), dim=-1)
+    classes = torch.randperm(C, generator=g)[: min(present, C)]
+    zipf = 1.0 / torch.arange(1, len(classes) + 1, dtype=torch.float64)
+    labels = classes[torch.multinomial(zipf, N, replacement=True, generator=g)]
+    noise = F.normalize(torch.randn(N, D, generator=g), dim=1) * 3.0
+    x = F.normalize(prototypes[labels, torch.randint(0, K, (N,), generator=g)] + noise, dim=1)
+    labels = torch.where(torch.rand(N, generator=g) < ignore_frac, torch.full_like(labels, IGNORE), labels)
+    return prototypes.to(device), x.to(device), labels.to(device)
+
+
+def sync(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def summarise(times_s: List[float]) -> Dict[str, float]:
+    return {
+        "median_ms": 1e3 * statistics.median(times_s),
+        "min_ms": 1e3 * min(times_s),
+        "reps": len(times_s),
+    }
+
+
+def bench(fns: Dict[str, Callable[[], object]], warmup: int, reps: int, device: str) -> Dict[str, Dict[str, float]]:
+    """Warm-up, then ``reps`` timed calls of every function, interleaved."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: summarise(t) for name, t in times.items()}
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler's C++ log lines on fd 2 (Python exceptions still propagate)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def cpu_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes held by the CPU tensor allocator during fn(), above the level at its start.
+
+    From the profiler's allocation/free events, accumulated in time order.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    events = [
+        e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and "CPU" in str(e.device_type())
+    ]
+    events.sort(key=lambda e: e.start_ns())
+    level = peak = 0
+    for e in events:
+        level += e.nbytes()
+        peak = max(peak, level)
+    return peak
+
+
+def cpu_peak_self_check() -> Tuple[bool, str]:
+    """The profiler measurement on a known pattern: 4 MB, +8 MB, -4 MB, +2 MB -> peak 12 MB."""
+
+    def pattern():
+        a = torch.empty(1_000_000)  # 4 MB
+        b = torch.empty(2_000_000)  # 8 MB
+        del a
+        c = torch.empty(500_000)  # 2 MB
+        return b, c
+
+    try:
+        got = cpu_peak_bytes(pattern)
+    except Exception as exc:  # a private profiler API: report n/a rather than fail
+        return False, f"profiler memory events unavailable ({type(exc).__name__}: {exc})"
+    return got == 12_000_000, f"self-check peak {got} bytes, expected 12000000"
+
+
+def peak_bytes(fn: Callable[[], object], device: str) -> int:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    return cpu_peak_bytes(fn)
+
+
+# --------------------------------------------------------------------------------------------
+# The sections
+# --------------------------------------------------------------------------------------------
+
+
+def equality_check(device: str, seed: int) -> Dict[str, object]:
+    """Batched step vs per-class loop on small inputs, two consecutive steps: equal math or abort."""
+    report = []
+    for C, K, D, N, present in ((19, 10, 32, 1024, 19), (150, 10, 32, 2048, 60)):
+        prototypes, x0, labels = make_problem(C, K, D, N, present, 0.1, seed, device)
+        memory = make_memory(prototypes)
+        loop_protos = prototypes.clone()
+        worst = {"prototypes": 0.0, "losses": 0.0, "grad": 0.0}
+        for step in range(2):
+            xb = x0.clone().requires_grad_(True)
+            xl = x0.clone().requires_grad_(True)
+            _, targets_b, losses_b = batched_step(memory, xb, labels)
+            loop_protos, _, targets_l, losses_l = per_class_loop_step(loop_protos, xl, labels)
+            if not torch.equal(targets_b, targets_l):
+                raise AssertionError(
+                    f"equality check C={C} step {step}: targets differ at {(targets_b != targets_l).sum().item()} pixels"
+                )
+            torch.testing.assert_close(memory.prototypes, loop_protos, rtol=1e-5, atol=1e-6)
+            for name in losses_b:
+                torch.testing.assert_close(losses_b[name], losses_l[name], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(xb.grad, xl.grad, rtol=1e-4, atol=1e-7)
+            worst["prototypes"] = max(worst["prototypes"], (memory.prototypes - loop_protos).abs().max().item())
+            worst["losses"] = max(worst["losses"], max((losses_b[n] - losses_l[n]).abs().item() for n in losses_b))
+            worst["grad"] = max(worst["grad"], (xb.grad - xl.grad).abs().max().item())
+        moved = (memory.prototypes - prototypes).abs().max().item()
+        report.append({"C": C, "K": K, "D": D, "N": N, "steps": 2, "max_abs_diff": worst, "prototypes_moved": moved})
+    return {"passed": True, "cases": report}
+
+
+def bench_step(C, args) -> Dict[str, object]:
+    """(a) and (b) for one C."""
+    present = args.present.get(C, C)
+    prototypes, x0, labels = make_problem(C, args.k, args.dim, args.n, present, args.ignore_frac, args.seed, args.device)
+    memory = make_memory(prototypes)
+    loop_state = {"prototypes": prototypes.clone()}
+    xb, xl, xf = (x0.clone().requires_grad_(True) for _ in range(3))
+
+    def run_batched():
+        xb.grad = None
+        batched_step(memory, xb, labels)
+
+    def run_loop():
+        xl.grad = None
+        loop_state["prototypes"] = per_class_loop_step(loop_state["prototypes"], xl, labels)[0]
+
+    def run_floor():
+        xf.grad = None
+        floor_step(prototypes, xf)
+
+    full = bench({"floor": run_floor, "batched": run_batched, "loop": run_loop}, args.warmup, args.reps, args.device)
+
+    # The no-grad part alone: clustering + update (inputs prepared outside the timed region).
+    with torch.no_grad():
+        proto_logits = x0 @ prototypes.reshape(C * args.k, args.dim).t()
+        correct = proto_logits.view(-1, C, args.k).amax(-1).argmax(1) == labels
+    cu_memory = make_memory(prototypes)
+    cu_state = {"prototypes": prototypes.clone()}
+
+    def cu_batched():
+        with torch.no_grad():
+            batched_cluster_update(cu_memory, proto_logits, x0, labels, correct)
+
+    def cu_loop():
+        cu_state["prototypes"] = per_class_cluster_update(cu_state["prototypes"], proto_logits, x0, labels, correct)[1]
+
+    cluster = bench({"batched": cu_batched, "loop": cu_loop}, args.warmup, args.reps, args.device)
+    valid = labels[labels != IGNORE]
+    return {
+        "C": C,
+        "K": args.k,
+        "D": args.dim,
+        "N": args.n,
+        "classes_present": int(torch.unique(valid).numel()),
+        "ignored_pixels": int((labels == IGNORE).sum()),
+        "step": full,
+        "cluster_update": cluster,
+        "loop_over_batched": full["loop"]["median_ms"] / full["batched"]["median_ms"],
+        "batched_over_floor": full["batched"]["median_ms"] / full["floor"]["median_ms"],
+        "cluster_update_loop_over_batched": cluster["loop"]["median_ms"] / cluster["batched"]["median_ms"],
+    }
+
+
+def build_toy_model(config: str, C: int, args):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import protoseg
+
+    cfg = get_cfg()
+    protoseg.add_protoseg_config(cfg)
+    cfg.merge_from_file(str(TOY_CONFIGS / config))
+    opts = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", C, "MODEL.DEVICE", args.device]
+    if args.model_dim:
+        opts += ["MODEL.SEM_SEG_HEAD.CONVS_DIM", args.model_dim]
+    cfg.merge_from_list(opts + list(args.model_opts))
+    torch.manual_seed(args.seed)
+    return build_model(cfg).eval(), cfg
+
+
+def bench_inference(C, args) -> Dict[str, object]:
+    """(c) for one C: whole model and head alone, ProtoSeg vs parametric baseline."""
+    proto_model, cfg = build_toy_model("protoseg_r50-d8_fcn_toy.yaml", C, args)
+    base_model, _ = build_toy_model("parametric_r50-d8_fcn_toy.yaml", C, args)
+    g = torch.Generator().manual_seed(args.seed)
+    s = args.image_size
+    inputs = [{"image": (torch.rand(3, s, s, generator=g) * 255).to(args.device)} for _ in range(args.images)]
+    decoder = proto_model.sem_seg_head.decoder
+    h = math.ceil(s / decoder.out_stride)
+    embedding = torch.randn(args.images, decoder.out_channels, h, h, generator=g).to(args.device)
+
+    def run(fn):
+        def call():
+            with torch.no_grad():
+                fn()
+        return call
+
+    model_t = bench(
+        {"parametric": run(lambda: base_model(inputs)), "protoseg": run(lambda: proto_model(inputs))},
+        args.warmup, args.reps, args.device,
+    )
+    head_t = bench(
+        {
+            "parametric": run(lambda: base_model.sem_seg_head.classify(embedding)),
+            "protoseg": run(lambda: proto_model.sem_seg_head.classify(embedding)),
+        },
+        args.warmup, args.reps, args.device,
+    )
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in (("parametric", base_model), ("protoseg", proto_model))}
+    return {
+        "C": C,
+        "K": proto_model.sem_seg_head.memory.num_prototypes,
+        "D": decoder.out_channels,
+        "images": args.images,
+        "image_size": s,
+        "head_pixels": args.images * h * h,
+        "parameters": params,
+        "model": model_t,
+        "head": head_t,
+        "model_ratio": model_t["protoseg"]["median_ms"] / model_t["parametric"]["median_ms"],
+        "head_ratio": head_t["protoseg"]["median_ms"] / head_t["parametric"]["median_ms"],
+    }
+
+
+def bench_memory(args) -> Dict[str, object]:
+    """(d): peak memory of the step at C = args.memory_classes."""
+    C = args.memory_classes
+    logits_bytes = args.n * C * args.k * 4
+    result = {"C": C, "K": args.k, "D": args.dim, "N": args.n, "one_logits_matrix_bytes": logits_bytes}
+    if args.device == "cuda":
+        result["method"] = "torch.cuda.max_memory_allocated above the level before the step"
+    else:
+        ok, detail = cpu_peak_self_check()
+        result["method"] = "PyTorch profiler allocation events (profile_memory=True), peak above the start; " + detail
+        if not ok:
+            result.update(batched_bytes=None, loop_bytes=None, floor_bytes=None, note="n/a on CPU: " + detail)
+            return result
+    prototypes, x0, labels = make_problem(C, args.k, args.dim, args.n, args.present.get(C, C), args.ignore_frac, args.seed, args.device)
+    memory = make_memory(prototypes)
+    # One untimed call each first, so that lazily created state is not counted.
+    for variant in range(2):
+        xb, xl, xf = (x0.clone().requires_grad_(True) for _ in range(3))
+        measure = (lambda fn: fn()) if variant == 0 else (lambda fn: peak_bytes(fn, args.device))
+        batched = measure(lambda: batched_step(memory, xb, labels))
+        loop = measure(lambda: per_class_loop_step(prototypes, xl, labels))
+        floor = measure(lambda: floor_step(prototypes, xf))
+    result.update(batched_bytes=batched, loop_bytes=loop, floor_bytes=floor)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_pressure() -> Optional[float]:
+    """Linux PSI 'some avg10' of the CPU (percent of the last 10 s a runnable task waited), or None."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(dict(kv.split("=") for kv in first.split()[1:])["avg10"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return None
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def fmt_t(t: Dict[str, float]) -> str:
+    return f"{t['median_ms']:9.2f} /{t['min_ms']:9.2f}"
+
+
+def mib(b: Optional[int]) -> str:
+    return "n/a" if b is None else f"{b / 2**20:8.1f} MiB"
+
+
+def verdict(ok: bool) -> str:
+    return "meets target" if ok else "MISSES target"
+
+
+def print_table(res: Dict[str, object]) -> None:
+    m = res["meta"]
+    print(f"ProtoSeg-D2 benchmark, {m['date']}")
+    print(f"device: {m['device']} ({m['device_name']}), torch {m['torch']}, threads {m['threads']}, "
+          f"OMP_WAIT_POLICY={m['omp_wait_policy']}, python {m['python']}")
+    print(f"CPU pressure (PSI some avg10, %): {m['cpu_pressure_start']} at start, {m['cpu_pressure_end']} at end"
+          + ("  <- contended machine: CPU timings inflated" if max(filter(None, [m['cpu_pressure_start'], m['cpu_pressure_end'], 0.0])) > 20 else ""))
+    print(f"N={m['N']} pixels, D={m['D']}, K={m['K']}, warm-up {m['warmup']}, repetitions {m['reps']} (median / min ms)")
+    print(f"labels: Zipf over the classes present, ignore share {m['ignore_frac']}; hyper-parameters {m['hp']}")
+    eq = res["equality_check"]
+    cases = ", ".join(
+        f"C={c['C']}: max|diff| protos {c['max_abs_diff']['prototypes']:.1e} losses {c['max_abs_diff']['losses']:.1e} "
+        f"grad {c['max_abs_diff']['grad']:.1e}"
+        for c in eq["cases"]
+    )
+    print(f"equality check batched == per-class loop (targets identical, 2 steps): {'passed' if eq['passed'] else 'FAILED'}; {cases}")
+
+    print("\n(a)/(b) prototype learning step, forward + backward into x (ms, median / min)")
+    print(f"{'C':>5} {'present':>7} | {'floor (x@P^T+max)':>19} | {'batched':>19} | {'per-class loop':>19} | "
+          f"{'loop/batched':>12} | {'batched/floor':>13} || {'cluster+update: batched':>23} | {'loop':>19} | {'loop/batched':>12}")
+    for r in res["step"]:
+        s, cu = r["step"], r["cluster_update"]
+        print(f"{r['C']:>5} {r['classes_present']:>7} | {fmt_t(s['floor'])} | {fmt_t(s['batched'])} | {fmt_t(s['loop'])} | "
+              f"{r['loop_over_batched']:>11.2f}x | {r['batched_over_floor']:>12.2f}x || {fmt_t(cu['batched']):>23} | "
+              f"{fmt_t(cu['loop'])} | {r['cluster_update_loop_over_batched']:>11.2f}x")
+
+    inf = res["inference"]
+    if inf:
+        i0 = inf[0]
+        print(f"\n(c) inference, eval + no_grad, {i0['images']} images {i0['image_size']}x{i0['image_size']}, "
+              f"toy dilated ResNet-50 (stride 8) + FCN decoder D={i0['D']}, {i0['head_pixels']} head pixels (ms, median / min)")
+        print(f"{'C':>5} | {'parametric model':>19} | {'ProtoSeg model':>19} | {'ratio':>6} | {'parametric head':>19} | "
+              f"{'ProtoSeg head':>19} | {'ratio':>6} | params parametric / ProtoSeg")
+        for r in inf:
+            mt, ht = r["model"], r["head"]
+            print(f"{r['C']:>5} | {fmt_t(mt['parametric'])} | {fmt_t(mt['protoseg'])} | {r['model_ratio']:>5.2f}x | "
+                  f"{fmt_t(ht['parametric'])} | {fmt_t(ht['protoseg'])} | {r['head_ratio']:>5.2f}x | "
+                  f"{r['parameters']['parametric']:,} / {r['parameters']['protoseg']:,}")
+
+    mem = res["peak_memory"]
+    print(f"\n(d) peak memory of the step, C={mem['C']}, N={mem['N']}, D={mem['D']}, K={mem['K']} ({mem['method']})")
+    if mem.get("note"):
+        print(f"    {mem['note']}")
+    print(f"    batched {mib(mem['batched_bytes'])} | per-class loop {mib(mem['loop_bytes'])} | floor {mib(mem['floor_bytes'])} | "
+          f"one N x CK float32 matrix {mib(mem['one_logits_matrix_bytes'])}")
+
+    t = res["targets"]
+    print("\ntargets:")
+    for line in t["lines"]:
+        print("    " + line)
+    print(f"\nwall time {res['meta']['wall_s']:.1f} s")
+
+
+def evaluate_targets(res, device) -> Dict[str, object]:
+    lines, checks = [], {}
+    for r in res["step"]:
+        if r["C"] >= 150:
+            ok = r["loop_over_batched"] >= TARGETS["loop_speedup_min"]
+            checks[f"loop_speedup_C{r['C']}"] = ok
+            lines.append(f"C={r['C']}: loop / batched = {r['loop_over_batched']:.2f}x (target >= {TARGETS['loop_speedup_min']}x on {device}): {verdict(ok)}")
+    for r in res["step"]:
+        ok = r["batched_over_floor"] <= TARGETS["floor_ratio_max"]
+        checks[f"floor_ratio_C{r['C']}"] = ok
+        lines.append(f"C={r['C']}: batched / floor = {r['batched_over_floor']:.2f}x (target <= {TARGETS['floor_ratio_max']}x): {verdict(ok)}")
+    for r in res["inference"]:
+        ok = r["model_ratio"] <= TARGETS["inference_ratio_max"]
+        checks[f"inference_ratio_C{r['C']}"] = ok
+        lines.append(f"C={r['C']}: ProtoSeg / parametric inference = {r['model_ratio']:.2f}x (target <= {TARGETS['inference_ratio_max']}x): {verdict(ok)}")
+    return {"targets": TARGETS, "checks": checks, "lines": lines}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def parse_present(text: str) -> Dict[int, int]:
+    present = dict(DEFAULT_PRESENT)
+    for item in filter(None, text.split(",")):
+        c, n = item.split(":")
+        present[int(c)] = int(n)
+    return present
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, no warm-up, 1 repetition")
+    p.add_argument("--json", type=Path, default=None, help="write the results here (default: print them after the table)")
+    p.add_argument("--classes", default="19,150,847", help="comma-separated values of C")
+    p.add_argument("--present", default="", help="classes present per batch, 'C:n,...' (default 19:19,150:60,847:128)")
+    p.add_argument("--n", type=int, default=None, help="pixels N (CPU 8192 = 2 x 64x64; CUDA 32768 = 2 x 128x128)")
+    p.add_argument("--dim", type=int, default=None, help="embedding dim D (CPU 256, CUDA 768)")
+    p.add_argument("--k", type=int, default=10, help="prototypes per class K")
+    p.add_argument("--ignore-frac", type=float, default=0.1, help="share of pixels with the ignore label")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls per variant (default 1 CPU, 3 CUDA)")
+    p.add_argument("--reps", type=int, default=None, help="timed calls per variant (default 5 CPU, 20 CUDA)")
+    p.add_argument("--images", type=int, default=None, help="(c) images per batch (default 2)")
+    p.add_argument("--image-size", type=int, default=None, help="(c) square image side (CPU 256, CUDA 512)")
+    p.add_argument("--model-dim", type=int, default=None, help="(c) decoder width CONVS_DIM (default: --dim)")
+    p.add_argument("--model-opts", nargs="*", default=[], help="(c) extra config KEY VALUE pairs for both models")
+    p.add_argument("--memory-classes", type=int, default=847, help="(d) C of the peak-memory measurement")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    if args.quick:
+        defaults = dict(n=512, dim=32, warmup=0, reps=1, image_size=64, images=1)
+    elif cuda:
+        defaults = dict(n=2 * 128 * 128, dim=768, warmup=3, reps=20, image_size=512, images=2)
+    else:
+        defaults = dict(n=2 * 64 * 64, dim=256, warmup=1, reps=5, image_size=256, images=2)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.model_dim is None:
+        args.model_dim = args.dim
+    args.classes = [int(c) for c in args.classes.split(",") if c]
+    args.present = parse_present(args.present)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wall = time.perf_counter()
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": args.device,
+        "device_name": device_name(args.device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu_pressure_start": cpu_pressure(),
+        "N": args.n,
+        "D": args.dim,
+        "K": args.k,
+        "classes": args.classes,
+        "present": {str(c): args.present.get(c, c) for c in args.classes},
+        "ignore_frac": args.ignore_frac,
+        "warmup": args.warmup,
+        "reps": args.reps,
+        "quick": args.quick,
+        "hp": HP,
+    }
+    res = {"meta": meta, "equality_check": equality_check(args.device, args.seed)}
+    res["step"] = [bench_step(C, args) for C in args.classes]
+    res["inference"] = [bench_inference(C, args) for C in args.classes]
+    res["peak_memory"] = bench_memory(args)
+    res["targets"] = evaluate_targets(res, args.device)
+    meta["wall_s"] = time.perf_counter() - wall
+    meta["cpu_pressure_end"] = cpu_pressure()
+    print_table(res)
+    text = json.dumps(res, indent=2)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+        print(f"JSON written to {args.json}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
