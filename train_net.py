@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train or evaluate ProtoSeg (or its parametric baselines) with Detectron2.
 
-    python train_net.py --config-file configs/toy/protoseg_r50-d8_fcn_toy.yaml
+    python train_net.py --config-file configs/toy/protoseg_r18-d8_fcn_toy.yaml
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/to/model.pth
     python train_net.py --config-file CONFIG --resume              # continue from last_checkpoint
     python train_net.py --config-file CONFIG --num-gpus 8          # one machine, 8 GPUs

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Run a ProtoSeg (or baseline) model on images and save the predictions drawn over them.
 
-    python demo/demo.py --config-file configs/toy/protoseg_r50-d8_fcn_toy.yaml \
+    python demo/demo.py --config-file configs/toy/protoseg_r18-d8_fcn_toy.yaml \
         --input 'datasets/toy_scenes/images/validation/*.jpg' --output output/vis \
-        --opts MODEL.WEIGHTS output/toy/protoseg_r50-d8_fcn/model_final.pth
+        --opts MODEL.WEIGHTS output/toy/protoseg_r18-d8_fcn/model_final.pth
 """
 import argparse
 import glob

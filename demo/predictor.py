@@ -10,6 +10,8 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 class SemSegDemo:
     """Predicts a label map for an image and draws it with the dataset's class names and colours."""
 
+    min_drawn_size = 512
+
     def __init__(self, cfg, alpha: float = 0.6, labels: bool = True):
         self.predictor = DefaultPredictor(cfg)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused"
@@ -19,12 +21,15 @@ class SemSegDemo:
         self.labels = labels
 
     def run_on_image(self, image_bgr: np.ndarray):
-        """image (H, W, 3) uint8 BGR (OpenCV) -> (label map (H, W) int64, visualisation (H, W, 3) RGB)."""
+        """image (H, W, 3) uint8 BGR (OpenCV) -> (label map (H, W) int64, visualisation RGB uint8,
+        (H, W, 3), enlarged so that its short side is at least 512 pixels)."""
         image = image_bgr if self.input_format == "BGR" else image_bgr[:, :, ::-1]
         logits = self.predictor(image)["sem_seg"]  # (C, H, W)
         label_map = logits.argmax(dim=0).to(torch.int64).cpu().numpy()
         rgb = image_bgr[:, :, ::-1]
-        vis = Visualizer(rgb, self.metadata, instance_mode=ColorMode.IMAGE)
+        # small images are drawn enlarged so that class names stay legible
+        scale = max(1.0, self.min_drawn_size / min(rgb.shape[:2]))
+        vis = Visualizer(rgb, self.metadata, scale=scale, instance_mode=ColorMode.IMAGE)
         if self.labels:
             drawn = vis.draw_sem_seg(label_map, alpha=self.alpha)
         else:

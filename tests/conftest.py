@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 TOY_CONFIGS = REPO / "configs" / "toy"
 
 
-def toy_cfg(name: str = "protoseg_r50-d8_fcn_toy.yaml", opts=()):
+def toy_cfg(name: str = "protoseg_r18-d8_fcn_toy.yaml", opts=()):
     """A config of configs/toy with ``opts`` overrides (KEY, VALUE, ...), not frozen."""
     cfg = get_cfg()
     protoseg.add_protoseg_config(cfg)

@@ -12,7 +12,7 @@ from protoseg.solver import build_optimizer
 from conftest import random_batch, toy_cfg
 
 
-def build(opts=(), name="protoseg_r50-d8_fcn_toy.yaml", seed=0):
+def build(opts=(), name="protoseg_r18-d8_fcn_toy.yaml", seed=0):
     torch.manual_seed(seed)
     return build_model(toy_cfg(name, opts))
 
@@ -82,9 +82,9 @@ def test_parameter_counts_protoseg_is_baseline_minus_classifier():
     # plus the reference's two LayerNorms (features: 2D, class scores: 2C).
     C, D = 8, 64
     proto = sum(p.numel() for p in build().parameters())
-    baseline = sum(p.numel() for p in build(name="parametric_r50-d8_fcn_toy.yaml").parameters())
+    baseline = sum(p.numel() for p in build(name="parametric_r18-d8_fcn_toy.yaml").parameters())
     assert baseline - proto == C * (D + 1) - 2 * D - 2 * C
-    k10 = build(["MODEL.PARAMETRIC.NUM_PROTOTYPES", 10], name="parametric_r50-d8_fcn_toy.yaml")
+    k10 = build(["MODEL.PARAMETRIC.NUM_PROTOTYPES", 10], name="parametric_r18-d8_fcn_toy.yaml")
     assert sum(p.numel() for p in k10.parameters()) - baseline == C * 10 * (D + 1) - C * (D + 1)
     # the nonparametric head's learnable parameters do not depend on K
     assert sum(p.numel() for p in build(["MODEL.PROTOSEG.NUM_PROTOTYPES", 20]).parameters()) == proto
@@ -92,7 +92,7 @@ def test_parameter_counts_protoseg_is_baseline_minus_classifier():
 
 @pytest.mark.parametrize("k", [1, 10])
 def test_parametric_baseline_trains_a_step(k):
-    model = build(["MODEL.PARAMETRIC.NUM_PROTOTYPES", k], name="parametric_r50-d8_fcn_toy.yaml")
+    model = build(["MODEL.PARAMETRIC.NUM_PROTOTYPES", k], name="parametric_r18-d8_fcn_toy.yaml")
     model.train()
     losses = model(random_batch())
     assert set(losses) == {"loss_ce"} and torch.isfinite(losses["loss_ce"])

@@ -27,7 +27,7 @@ dimension D):
 (b) The same batched step against the floor that every implementation needs: the similarity
     product x @ P^T, forward and backward, plus the max over K (``PrototypeMemory.class_scores``).
 (c) Inference of the whole model (backbone + decoder + head, Detectron2 ``build_model`` from
-    configs/toy/protoseg_r50-d8_fcn_toy.yaml and configs/toy/parametric_r50-d8_fcn_toy.yaml with
+    configs/toy/protoseg_r18-d8_fcn_toy.yaml and configs/toy/parametric_r18-d8_fcn_toy.yaml with
     MODEL.SEM_SEG_HEAD.NUM_CLASSES = C and the decoder width MODEL.SEM_SEG_HEAD.CONVS_DIM =
     --model-dim), eval mode, no_grad, random images, and the head alone: decoder output ->
     class scores at the decoder stride (``head.classify``; ProtoSeg: LayerNorm + l2-norm + N x CK
@@ -444,8 +444,8 @@ def build_toy_model(config: str, C: int, args):
 
 def bench_inference(C, args) -> Dict[str, object]:
     """(c) for one C: whole model and head alone, ProtoSeg vs parametric baseline."""
-    proto_model, cfg = build_toy_model("protoseg_r50-d8_fcn_toy.yaml", C, args)
-    base_model, _ = build_toy_model("parametric_r50-d8_fcn_toy.yaml", C, args)
+    proto_model, cfg = build_toy_model("protoseg_r18-d8_fcn_toy.yaml", C, args)
+    base_model, _ = build_toy_model("parametric_r18-d8_fcn_toy.yaml", C, args)
     g = torch.Generator().manual_seed(args.seed)
     s = args.image_size
     inputs = [{"image": (torch.rand(3, s, s, generator=g) * 255).to(args.device)} for _ in range(args.images)]
@@ -580,7 +580,7 @@ def print_table(res: Dict[str, object]) -> None:
     if inf:
         i0 = inf[0]
         print(f"\n(c) inference, eval + no_grad, {i0['images']} images {i0['image_size']}x{i0['image_size']}, "
-              f"toy dilated ResNet-50 (stride 8) + FCN decoder D={i0['D']}, {i0['head_pixels']} head pixels (ms, median / min)")
+              f"toy dilated ResNet-18 (stride 8) + FCN decoder D={i0['D']}, {i0['head_pixels']} head pixels (ms, median / min)")
         print(f"{'C':>5} | {'parametric model':>19} | {'ProtoSeg model':>19} | {'ratio':>6} | {'parametric head':>19} | "
               f"{'ProtoSeg head':>19} | {'ratio':>6} | params parametric / ProtoSeg")
         for r in inf:

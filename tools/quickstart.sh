@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded default data, from a fresh clone: set up .venv, generate the toy
-# scenes, train ProtoSeg (slim ResNet-50-D8 + FCN), evaluate it (mIoU and per-class IoU) and draw
+# scenes, train ProtoSeg (slim ResNet-18-D8 + FCN), evaluate it (mIoU and per-class IoU) and draw
 # its predictions on validation images.
 #   bash tools/quickstart.sh [extra train_net.py config overrides, e.g. SOLVER.MAX_ITER 100]
 set -euo pipefail
@@ -9,8 +9,8 @@ cd "$ROOT"
 bash tools/setup_env.sh
 PY="$ROOT/.venv/bin/python"
 export DETECTRON2_DATASETS="${DETECTRON2_DATASETS:-$ROOT/datasets}"
-CONFIG=configs/toy/protoseg_r50-d8_fcn_toy.yaml
-OUT=output/toy/protoseg_r50-d8_fcn
+CONFIG=configs/toy/protoseg_r18-d8_fcn_toy.yaml
+OUT=output/toy/protoseg_r18-d8_fcn
 
 "$PY" datasets/prepare_toy_scenes.py --if-missing
 "$PY" train_net.py --config-file "$CONFIG" OUTPUT_DIR "$OUT" "$@"

@@ -74,6 +74,21 @@ class Trainer(DefaultTrainer):
         writer_index = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
         return hook_list[:writer_index] + extra + hook_list[writer_index:]
 
+    def state_dict(self):
+        """Detectron2 v0.6's DefaultTrainer leaves the optimizer out of its checkpoints, so
+        ``--resume`` would restart SGD momentum / Adam moments from zero; later detectron2 saves it
+        under "_trainer", as here."""
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("checkpoint has no optimizer state: the optimizer starts afresh")
+
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """Evaluate on ``cfg.DATASETS.TEST``; print and save a per-class IoU table for each."""
