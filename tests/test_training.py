@@ -1,15 +1,17 @@
 """End to end on the toy scenes: training learns, evaluation reports, resume restores everything."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import HookBase
 
 from protoseg.engine import Trainer
 
-from conftest import toy_cfg
+from conftest import REPO, toy_cfg
 
 CHANCE_MIOU = 100.0 / 8
 
@@ -98,3 +100,21 @@ def test_resume_restores_prototypes_optimizer_schedule_and_iteration(toy_dataset
     assert resumed.scheduler.state_dict()["last_epoch"] == 4
     resumed.train()
     assert resumed.iter == 8 and int(head.iteration) == 8
+
+
+def test_train_net_eval_only_reproduces_the_final_evaluation(trained, toy_dataset):
+    # the command line users run: train_net.py --eval-only MODEL.WEIGHTS ... (fresh process)
+    out, _, results = trained
+    env = dict(os.environ, DETECTRON2_DATASETS=str(toy_dataset.parent))
+    cmd = [
+        sys.executable, str(REPO / "train_net.py"), "--eval-only",
+        "--config-file", str(REPO / "configs" / "toy" / "protoseg_r18-d8_fcn_toy.yaml"),
+        "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(out / "eval_only"),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "eval_only" / "log.txt").read_text()
+    assert "Per-class results on toy_scenes_sem_seg_val" in log
+    line = next(l for l in log.splitlines() if "copypaste: " in l and l.split("copypaste: ")[1][:1].isdigit())
+    miou = float(line.split("copypaste: ")[1].split(",")[0])
+    assert miou == pytest.approx(results["sem_seg"]["mIoU"], abs=1e-3)
