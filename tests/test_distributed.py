@@ -40,10 +40,9 @@ def memory_trajectory(rank: int, world: int, steps: int = 4):
         labels = torch.randint(-1, C, (n,), generator=g)  # -1: ignored pixels
         labels[labels == 2] = 1  # a class absent from the batch
         share = slice(rank * n // world, (rank + 1) * n // world)
-        logits = mem.similarity(x[share])
-        own = logits.view(-1, C, K).gather(1, labels[share].clamp(0, C - 1)[:, None, None].expand(-1, 1, K))
-        plan = sinkhorn_knopp(own.squeeze(1), torch.where(labels[share] >= 0, labels[share], C), C + 1)
-        targets, update_targets = mem.assign(logits, labels[share])
+        own = mem.own_class_scores(mem.similarity(x[share]), labels[share])
+        plan = sinkhorn_knopp(own, torch.where(labels[share] >= 0, labels[share], C), C + 1)
+        targets, update_targets = mem.assign(own, labels[share])
         mem.update(x[share], update_targets)
         out.append((targets, plan, mem.prototypes.clone()))
     return out

@@ -74,7 +74,7 @@ def test_assign_targets_and_ignore():
     labels = torch.randint(0, C, (50,))
     labels[:5] = 255  # dataset ignore value
     labels[5] = 25    # 25 * 10 + k covers 255
-    targets, update_targets = mem.assign(mem.similarity(x), labels)
+    targets, update_targets = mem.assign(mem.own_class_scores(mem.similarity(x), labels), labels)
     assert (targets[:5] == -1).all()
     valid = labels < C
     assert ((targets[valid] // K) == labels[valid]).all()
@@ -87,7 +87,7 @@ def test_single_prototype_is_class_mean():
     mem = make_memory(C=2, K=1, D=2, momentum=0.0)
     x = torch.stack([unit(1, 0), unit(0, 1), unit(-1, 0)])
     labels = torch.tensor([0, 0, 1])
-    targets, _ = mem.assign(mem.similarity(x), labels)
+    targets, _ = mem.assign(mem.own_class_scores(mem.similarity(x), labels), labels)
     assert targets.tolist() == [0, 0, 1]
     mem.update(x, targets)
     assert torch.allclose(mem.prototypes[0, 0], unit(1, 1), atol=1e-6)
@@ -104,7 +104,7 @@ def simulate(assignment: str, steps: int = 150) -> float:
         which = torch.randint(0, K, (256,))
         x = F.normalize(modes[which] + 0.1 * torch.randn(256, D), dim=1)
         labels = torch.zeros(256, dtype=torch.long)
-        _, update_targets = mem.assign(mem.similarity(x), labels)
+        _, update_targets = mem.assign(mem.own_class_scores(mem.similarity(x), labels), labels)
         mem.update(x, update_targets)
     return mem.intra_class_cosine().item()
 

@@ -87,7 +87,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from protoseg.modeling import PrototypeMemory, masked_cross_entropy, ppc_loss, ppd_loss  # noqa: E402
+from protoseg.modeling import PrototypeMemory, masked_cross_entropy  # noqa: E402
+from protoseg.modeling.heads.protoseg_head import prototype_learning  # noqa: E402
+from protoseg.modeling.prototype_scores import prototype_scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TOY_CONFIGS = REPO / "configs" / "toy"
@@ -111,19 +113,15 @@ TARGETS = dict(loop_speedup_min=2.0, floor_ratio_max=1.5, inference_ratio_max=1.
 # --------------------------------------------------------------------------------------------
 
 
-def batched_step(memory: PrototypeMemory, x: torch.Tensor, labels: torch.Tensor, hp=HP):
+def batched_step(memory: PrototypeMemory, x: torch.Tensor, labels: torch.Tensor, hp=HP, chunk_size: int = 0):
     """One prototype learning step with the library, as ``ProtoSegHead.auxiliary_losses`` does it.
 
     Returns (loss, PPC targets, losses dict); x.grad holds the gradient afterwards.
     """
-    proto_logits = memory.similarity(x)  # (N, C*K)
-    scores = memory.class_scores(proto_logits)  # (N, C)
-    proto_targets, _ = memory.cluster_and_update(x, proto_logits.detach(), scores.detach(), labels)
-    losses = {
-        "ce": masked_cross_entropy(scores / hp["score_temperature"], labels, IGNORE),
-        "ppc": ppc_loss(proto_logits, proto_targets, hp["ppc_temperature"]),
-        "ppd": ppd_loss(proto_logits, proto_targets, distance=memory.distance),
-    }
+    tau = hp["ppc_temperature"]
+    scores, own, lse = prototype_scores(x, memory.prototypes, labels, tau, memory.distance, chunk_size=chunk_size)
+    ppc, ppd, proto_targets, _ = prototype_learning(memory, x, labels, own, lse, scores, tau)
+    losses = {"ce": masked_cross_entropy(scores / hp["score_temperature"], labels, IGNORE), "ppc": ppc, "ppd": ppd}
     loss = losses["ce"] + hp["ppc_weight"] * losses["ppc"] + hp["ppd_weight"] * losses["ppd"]
     loss.backward()
     return loss.detach(), proto_targets, {k: v.detach() for k, v in losses.items()}
@@ -131,10 +129,17 @@ def batched_step(memory: PrototypeMemory, x: torch.Tensor, labels: torch.Tensor,
 
 def batched_cluster_update(memory: PrototypeMemory, proto_logits, x, labels, correct):
     """The no-grad part of :func:`batched_step`: clustering and momentum update."""
-    targets, update_targets = memory.assign(proto_logits, labels)
+    targets, update_targets = memory.assign(memory.own_class_scores(proto_logits, labels), labels)
     update_targets = torch.where(correct, update_targets, torch.full_like(update_targets, -1))
     memory.update(x, update_targets)
     return targets
+
+
+def parametric_step(weight: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, num_classes: int, hp=HP):
+    """The parametric baseline with K learned prototypes per class (Table 4): a learned (C*K, D)
+    classifier, max over K, CE; forward and backward."""
+    scores = (x @ weight.t()).view(x.shape[0], num_classes, -1).max(-1).values
+    masked_cross_entropy(scores / hp["score_temperature"], labels, IGNORE).backward()
 
 
 def floor_step(prototypes: torch.Tensor, x: torch.Tensor):
@@ -508,7 +513,12 @@ def bench_memory(args) -> Dict[str, object]:
         batched = measure(lambda: batched_step(memory, xb, labels))
         loop = measure(lambda: per_class_loop_step(prototypes, xl, labels))
         floor = measure(lambda: floor_step(prototypes, xf))
-    result.update(batched_bytes=batched, loop_bytes=loop, floor_bytes=floor)
+        xc, xp = x0.clone().requires_grad_(True), x0.clone().requires_grad_(True)
+        chunked = measure(lambda: batched_step(memory, xc, labels, chunk_size=args.chunk_size))
+        weight = prototypes.reshape(C * args.k, args.dim).clone().requires_grad_(True)
+        parametric = measure(lambda: parametric_step(weight, xp, labels, C))
+    result.update(batched_bytes=batched, loop_bytes=loop, floor_bytes=floor, chunked_bytes=chunked,
+                  parametric_bytes=parametric, chunk_size=args.chunk_size)
     return result
 
 
@@ -593,7 +603,9 @@ def print_table(res: Dict[str, object]) -> None:
     print(f"\n(d) peak memory of the step, C={mem['C']}, N={mem['N']}, D={mem['D']}, K={mem['K']} ({mem['method']})")
     if mem.get("note"):
         print(f"    {mem['note']}")
-    print(f"    batched {mib(mem['batched_bytes'])} | per-class loop {mib(mem['loop_bytes'])} | floor {mib(mem['floor_bytes'])} | "
+    print(f"    batched {mib(mem['batched_bytes'])} | batched, chunks of {mem.get('chunk_size')} pixels "
+          f"{mib(mem.get('chunked_bytes'))} | per-class loop {mib(mem['loop_bytes'])} | floor {mib(mem['floor_bytes'])} | "
+          f"parametric {mem['K']}-prototype head {mib(mem.get('parametric_bytes'))} | "
           f"one N x CK float32 matrix {mib(mem['one_logits_matrix_bytes'])}")
 
     t = res["targets"]
@@ -650,6 +662,7 @@ def parse_args(argv=None):
     p.add_argument("--model-dim", type=int, default=None, help="(c) decoder width CONVS_DIM (default: --dim)")
     p.add_argument("--model-opts", nargs="*", default=[], help="(c) extra config KEY VALUE pairs for both models")
     p.add_argument("--memory-classes", type=int, default=847, help="(d) C of the peak-memory measurement")
+    p.add_argument("--chunk-size", type=int, default=1024, help="(d) pixels per chunk of the memory-bounded step")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's default)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

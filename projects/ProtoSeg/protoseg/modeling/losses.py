@@ -6,7 +6,7 @@ every pixel is ignored (the sum is divided by max(1, number of valid pixels); no
 import torch
 import torch.nn.functional as F
 
-__all__ = ["masked_cross_entropy", "ppc_loss", "ppd_loss"]
+__all__ = ["masked_cross_entropy", "ppc_loss", "ppd_loss", "ppc_loss_from_parts", "ppd_loss_from_parts"]
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -24,6 +24,33 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_ind
     return total / num_valid
 
 
+def ppc_loss_from_parts(
+    lse: torch.Tensor, target_sim: torch.Tensor, valid: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
+    """PPC (Eq. 11) from its parts: mean over valid pixels of lse_i - s_i / tau.
+
+    Args:
+        lse: (n,) log-sum-exp over all C*K prototypes of similarity / tau.
+        target_sim: (n,) similarity to the assigned prototype. valid: (n,) bool.
+    """
+    per_pixel = lse.float() - target_sim.float() / temperature
+    return torch.where(valid, per_pixel, torch.zeros_like(per_pixel)).sum() / valid.sum().clamp_min(1)
+
+
+def ppd_loss_from_parts(target_sim: torch.Tensor, valid: torch.Tensor, distance: str = "cosine") -> torch.Tensor:
+    """PPD (Eq. 12) from the similarity to the assigned prototype: mean over valid pixels of
+    (1 - s)^2 for cosine; for the distances of Table 5d (similarity = -distance) the squared
+    distance."""
+    gap = 1.0 - target_sim.float() if distance == "cosine" else target_sim.float()
+    return torch.where(valid, gap**2, torch.zeros_like(gap)).sum() / valid.sum().clamp_min(1)
+
+
+def _target_similarity(proto_logits: torch.Tensor, proto_targets: torch.Tensor, ignore_index: int):
+    valid = proto_targets != ignore_index
+    index = torch.where(valid, proto_targets, torch.zeros_like(proto_targets))
+    return proto_logits.gather(1, index[:, None]).squeeze(1), valid
+
+
 def ppc_loss(
     proto_logits: torch.Tensor,
     proto_targets: torch.Tensor,
@@ -38,7 +65,9 @@ def ppc_loss(
             (-1) for ignored pixels. Never 255: c*K + k reaches 255 as soon as C*K > 255.
         temperature: tau (paper 0.1; the reference code uses none, i.e. 1).
     """
-    return masked_cross_entropy(proto_logits.float() / temperature, proto_targets, ignore_index)
+    target_sim, valid = _target_similarity(proto_logits, proto_targets, ignore_index)
+    lse = torch.logsumexp(proto_logits.float() / temperature, dim=1)
+    return ppc_loss_from_parts(lse, target_sim, valid, temperature)
 
 
 def ppd_loss(
@@ -49,11 +78,7 @@ def ppd_loss(
     Args:
         proto_logits: (n, C*K) similarities (cosine for the paper's model).
         proto_targets: (n,) int64 target prototype index, ``ignore_index`` for ignored pixels.
-        distance: "cosine" (Eq. 12); for the distances of Table 5d, whose similarity is minus the
-            distance, the loss is the squared distance to the target prototype.
+        distance: see :func:`ppd_loss_from_parts`.
     """
-    valid = proto_targets != ignore_index
-    index = torch.where(valid, proto_targets, torch.zeros_like(proto_targets))
-    sim = proto_logits.gather(1, index[:, None]).squeeze(1).float()
-    gap = 1.0 - sim if distance == "cosine" else sim
-    return ((gap**2) * valid).sum() / valid.sum().clamp_min(1)
+    target_sim, valid = _target_similarity(proto_logits, proto_targets, ignore_index)
+    return ppd_loss_from_parts(target_sim, valid, distance)

@@ -104,11 +104,11 @@ class PrototypeMemory(nn.Module):
         return proto_logits.view(proto_logits.shape[0], self.num_classes, self.num_prototypes).max(-1).values
 
     @torch.no_grad()
-    def assign(self, proto_logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def assign(self, own_scores: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cluster each class's pixels onto its K prototypes (Sinkhorn-Knopp, all classes at once).
 
         Args:
-            proto_logits: (N, C*K) similarities of the current iteration.
+            own_scores: (N, K) similarity of each pixel to the K prototypes of its own class.
             labels: (N,) int64 pixel classes; anything outside [0, C) is ignored.
         Returns:
             targets: (N,) int64 c*K + k of the assigned prototype (argmax of the plan), -1 where
@@ -125,8 +125,7 @@ class PrototypeMemory(nn.Module):
             assigned = torch.zeros_like(labels)
             sampled = assigned
         else:
-            own = proto_logits.view(-1, C, K).gather(1, labels.clamp(0, C - 1)[:, None, None].expand(-1, 1, K))
-            plan = sinkhorn_knopp(own.squeeze(1), cluster_labels, C + 1, self.sinkhorn_iters, self.sinkhorn_kappa)
+            plan = sinkhorn_knopp(own_scores, cluster_labels, C + 1, self.sinkhorn_iters, self.sinkhorn_kappa)
             assigned = plan.argmax(dim=1)
             if self.assignment == "gumbel":
                 sampled = F.gumbel_softmax(plan, tau=0.5, hard=True).argmax(dim=1)
@@ -137,20 +136,27 @@ class PrototypeMemory(nn.Module):
         update_targets = torch.where(valid, labels * K + sampled, minus_one)
         return targets, update_targets
 
+    def own_class_scores(self, proto_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N, C*K) similarities, (N,) labels -> (N, K) similarities to the own class's prototypes
+        (labels outside [0, C) give meaningless rows)."""
+        C, K = self.num_classes, self.num_prototypes
+        rows = torch.arange(proto_logits.shape[0], device=proto_logits.device)
+        return proto_logits.view(-1, C, K)[rows, labels.clamp(0, C - 1)]
+
     @torch.no_grad()
     def cluster_and_update(
-        self, x: torch.Tensor, proto_logits: torch.Tensor, class_scores: torch.Tensor, labels: torch.Tensor
+        self, x: torch.Tensor, own_scores: torch.Tensor, class_scores: torch.Tensor, labels: torch.Tensor
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """One iteration of prototype learning (Sec. 3.3): cluster, then update the memory.
 
         Args:
-            x: (N, D) pixel embeddings. proto_logits: (N, C*K) their similarities to the
-            prototypes before the update. class_scores: (N, C) the model's class scores (for the
-            correct-only rule). labels: (N,) int64, anything outside [0, C) ignored.
+            x: (N, D) pixel embeddings. own_scores: (N, K) their similarities to the prototypes
+            of their own class, before the update. class_scores: (N, C) the model's class scores
+            (for the correct-only rule). labels: (N,) int64, anything outside [0, C) ignored.
         Returns:
             (PPC/PPD targets (N,) with -1 for ignored pixels, statistics of :meth:`update`).
         """
-        targets, update_targets = self.assign(proto_logits, labels)
+        targets, update_targets = self.assign(own_scores, labels)
         if self.update_from_correct_only:
             correct = class_scores.argmax(dim=1) == labels
             update_targets = torch.where(correct, update_targets, torch.full_like(update_targets, -1))

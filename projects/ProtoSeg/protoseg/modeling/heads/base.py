@@ -32,8 +32,9 @@ class DecoderClassifierHead(nn.Module):
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
 
-    def classify(self, embedding: torch.Tensor):
-        """(B, D, h, w) embedding -> ((B, C, h, w) class scores, anything the losses need)."""
+    def classify(self, embedding: torch.Tensor, targets: Optional[torch.Tensor] = None):
+        """(B, D, h, w) embedding (and, in training, the (B, H, W) labels) -> ((B, C, h, w) class
+        scores, anything the losses need)."""
         raise NotImplementedError
 
     def auxiliary_losses(self, scores: torch.Tensor, extras, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -46,7 +47,7 @@ class DecoderClassifierHead(nn.Module):
             targets: (B, H, W) int64 labels at input resolution (training only), ignore value where
                 unlabelled.
         """
-        scores, extras = self.classify(self.decoder(features))
+        scores, extras = self.classify(self.decoder(features), targets if self.training else None)
         if not self.training:
             stride = self.decoder.out_stride
             return F.interpolate(scores, scale_factor=stride, mode="bilinear", align_corners=False), {}

@@ -37,7 +37,7 @@ class ParametricSegHead(DecoderClassifierHead):
             "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
         }
 
-    def classify(self, embedding: torch.Tensor):
+    def classify(self, embedding: torch.Tensor, targets=None):
         logits = self.classifier(embedding)  # (B, C*K, h, w)
         if self.num_prototypes > 1:
             b, _, h, w = logits.shape

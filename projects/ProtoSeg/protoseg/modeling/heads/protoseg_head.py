@@ -1,5 +1,5 @@
 """The ProtoSeg head: nonparametric nearest-prototype classification (paper Sec. 3)."""
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -9,11 +9,12 @@ from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..decoders import build_decoder
-from ..losses import ppc_loss, ppd_loss
+from ..losses import ppc_loss_from_parts, ppd_loss_from_parts
+from ..prototype_scores import prototype_scores
 from ..prototype_memory import PrototypeMemory
 from .base import DecoderClassifierHead, resize_labels
 
-__all__ = ["ProtoSegHead"]
+__all__ = ["ProtoSegHead", "prototype_learning"]
 
 CLASS_SCORE_NORMS = ("layernorm", "temperature")
 PROJECTIONS = ("none", "mlp")
@@ -50,6 +51,7 @@ class ProtoSegHead(DecoderClassifierHead):
         class_score_temperature: float = 0.1,
         feature_layernorm: bool = True,
         projection: str = "none",
+        chunk_size: int = 0,
     ):
         """
         Args:
@@ -68,6 +70,7 @@ class ProtoSegHead(DecoderClassifierHead):
         self.memory = memory
         self.ppc_weight, self.ppd_weight, self.ppc_temperature = ppc_weight, ppd_weight, ppc_temperature
         self.warmup_iters = warmup_iters
+        self.chunk_size = chunk_size
         self.class_score_temperature = class_score_temperature
         self.projection = (
             nn.Sequential(nn.Conv2d(dim, dim, 1), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 1))
@@ -112,6 +115,7 @@ class ProtoSegHead(DecoderClassifierHead):
             "class_score_temperature": p.CLASS_SCORE_TEMPERATURE,
             "feature_layernorm": p.FEATURE_LAYERNORM,
             "projection": p.PROJECTION,
+            "chunk_size": p.CHUNK_SIZE,
         }
 
     def embed(self, embedding: torch.Tensor) -> torch.Tensor:
@@ -120,16 +124,28 @@ class ProtoSegHead(DecoderClassifierHead):
         x = self.feature_norm(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]))
         return F.normalize(x, dim=1) if self.memory.normalized else x
 
-    def classify(self, embedding: torch.Tensor):
+    def classify(self, embedding: torch.Tensor, targets: Optional[torch.Tensor] = None):
         b, _, h, w = embedding.shape
         x = self.embed(embedding)
-        proto_logits = self.memory.similarity(x)  # (N, C*K)
-        scores = self.memory.class_scores(proto_logits)  # (N, C)
-        scores = self.score_norm(scores) if self.score_norm is not None else scores / self.class_score_temperature
-        flat_scores = scores
+        learn = targets is not None and self._prototype_learning_active()
+        if learn:
+            labels = resize_labels(targets, (h, w)).flatten()  # (N,)
+            flat_scores, own, lse = prototype_scores(
+                x, self.memory.prototypes, labels, self.ppc_temperature, self.memory.distance,
+                self.memory.huber_delta, self.chunk_size,
+            )
+            extras = (x, labels, own, lse)
+        else:
+            flat_scores = self.memory.class_scores(self.memory.similarity(x))  # (N, C)
+            extras = None
+        flat_scores = self.normalize_scores(flat_scores)
         # contiguous: a permuted (channels-last) map makes every later resize copy (B, C, H, W).
-        scores = scores.view(b, h, w, self.num_classes).permute(0, 3, 1, 2).contiguous()
-        return scores, (x, proto_logits, flat_scores)
+        scores = flat_scores.view(b, h, w, self.num_classes).permute(0, 3, 1, 2).contiguous()
+        return scores, extras if extras is None else (*extras, flat_scores)
+
+    def normalize_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """(N, C) nearest-prototype similarities -> logits: LayerNorm over classes or 1/T."""
+        return self.score_norm(scores) if self.score_norm is not None else scores / self.class_score_temperature
 
     def _prototype_learning_active(self) -> bool:
         # Reads the iteration buffer (a host sync) only during the warm-up.
@@ -138,17 +154,31 @@ class ProtoSegHead(DecoderClassifierHead):
         return self._warmup_done
 
     def auxiliary_losses(self, scores: torch.Tensor, extras, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        x, proto_logits, flat_scores = extras
-        learn = self._prototype_learning_active()
         self.iteration += 1
-        if not learn:
-            zero = proto_logits.sum() * 0.0
+        if extras is None:  # warm-up: no prototype learning
+            zero = scores.sum() * 0.0
             return {"loss_ppc": zero, "loss_ppd": zero}
-        labels = resize_labels(targets, scores.shape[-2:]).flatten()  # (N,)
-        proto_targets, self.latest_statistics = self.memory.cluster_and_update(
-            x, proto_logits.detach(), flat_scores.detach(), labels
+        x, labels, own, lse, flat_scores = extras
+        ppc, ppd, _, self.latest_statistics = prototype_learning(
+            self.memory, x, labels, own, lse, flat_scores, self.ppc_temperature
         )
-        return {
-            "loss_ppc": self.ppc_weight * ppc_loss(proto_logits, proto_targets, self.ppc_temperature),
-            "loss_ppd": self.ppd_weight * ppd_loss(proto_logits, proto_targets, distance=self.memory.distance),
-        }
+        return {"loss_ppc": self.ppc_weight * ppc, "loss_ppd": self.ppd_weight * ppd}
+
+
+def prototype_learning(memory: PrototypeMemory, x, labels, own, lse, class_scores, ppc_temperature: float):
+    """One iteration of prototype learning and its losses, from the outputs of
+    :func:`prototype_scores`: cluster and update the memory (no gradient), then PPC and PPD.
+
+    Args:
+        x: (N, D) embeddings. labels: (N,) int64 (ignored pixels outside [0, C)).
+        own: (N, K) similarities to the own class's prototypes. lse: (N,) PPC log-sum-exp.
+        class_scores: (N, C) the model's class scores (correct-only rule).
+    Returns:
+        (PPC, PPD, prototype targets (N,) with -1 where ignored, prototype statistics).
+    """
+    proto_targets, stats = memory.cluster_and_update(x, own.detach(), class_scores.detach(), labels)
+    valid = proto_targets >= 0
+    assigned = torch.where(valid, proto_targets - labels * memory.num_prototypes, torch.zeros_like(labels))
+    target_sim = own.gather(1, assigned[:, None]).squeeze(1)  # (N,)
+    ppc = ppc_loss_from_parts(lse, target_sim, valid, ppc_temperature)
+    return ppc, ppd_loss_from_parts(target_sim, valid, memory.distance), proto_targets, stats
