@@ -20,5 +20,6 @@ setup(
         "fvcore",
         "matplotlib",
         "tabulate",
+        "scikit-learn",  # t-SNE / PCA of pixel embeddings (visualisation tools)
     ],
 )

@@ -41,3 +41,21 @@ def toy_dataset(tmp_path_factory):
     toy_scenes.generate_toy_scenes(root, toy_scenes.ToySceneSpec(num_train=64, num_val=16))
     register_toy_scenes(root, prefix="toy_test")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_toy_checkpoint(toy_dataset, tmp_path_factory):
+    """(cfg, path of model_final.pth) of ProtoSeg trained 40 iterations on the toy data."""
+    from protoseg.engine import Trainer
+
+    out = tmp_path_factory.mktemp("toy_model")
+    cfg = toy_cfg(opts=[
+        "DATASETS.TRAIN", ("toy_test_train",), "DATASETS.TEST", ("toy_test_val",),
+        "SOLVER.MAX_ITER", 40, "TEST.EVAL_PERIOD", 0, "SOLVER.CHECKPOINT_PERIOD", 10000,
+        "OUTPUT_DIR", str(out), "DATALOADER.NUM_WORKERS", 0,
+    ])
+    cfg.freeze()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return cfg, out / "model_final.pth"

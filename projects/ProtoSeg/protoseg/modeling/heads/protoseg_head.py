@@ -124,6 +124,15 @@ class ProtoSegHead(DecoderClassifierHead):
         x = self.feature_norm(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]))
         return F.normalize(x, dim=1) if self.memory.normalized else x
 
+    def pixel_embeddings(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Backbone features -> (B, D, h, w) pixel embeddings as the prototypes see them (after
+        projection, LayerNorm and, for cosine, l2-normalisation), at the decoder's stride. For
+        interpretability tools: similarity to prototype (c, k) = embeddings . prototypes[c, k]."""
+        embedding = self.decoder(features)
+        b, _, h, w = embedding.shape
+        x = self.embed(embedding)
+        return x.view(b, h, w, -1).permute(0, 3, 1, 2)
+
     def classify(self, embedding: torch.Tensor, targets: Optional[torch.Tensor] = None):
         b, _, h, w = embedding.shape
         x = self.embed(embedding)
