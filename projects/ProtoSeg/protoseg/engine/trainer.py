@@ -2,9 +2,9 @@
 optimizer, schedule, evaluator, per-class report, prototype statistics and best checkpoint."""
 import logging
 import os
+import weakref
 from collections import OrderedDict
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_train_loader
 from detectron2.data import transforms as T
@@ -13,6 +13,7 @@ from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import ProtoSegCheckpointer
 from ..config import add_protoseg_config
 from ..evaluation import format_per_class_table, save_per_class_csv
 from ..solver import build_lr_scheduler, build_optimizer
@@ -62,6 +63,10 @@ class Trainer(DefaultTrainer):
         return build_lr_scheduler(cfg, optimizer)
 
     def build_hooks(self):
+        # (DefaultTrainer.__init__ builds its checkpointer just before the hooks that keep it.)
+        self.checkpointer = ProtoSegCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         hook_list = super().build_hooks()
         extra = [PrototypeStatisticsHook(period=20)]
         if self.cfg.SOLVER.BEST_CHECKPOINT_METRIC and self.cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
@@ -122,5 +127,5 @@ def setup_cfg(args):
 def evaluate_checkpoint(cfg):
     """``--eval-only``: load ``cfg.MODEL.WEIGHTS`` and evaluate."""
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    ProtoSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     return Trainer.test(cfg, model)
