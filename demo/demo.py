@@ -1,81 +1,236 @@
 #!/usr/bin/env python
-"""Run a ProtoSeg (or baseline) model on images and save the predictions drawn over them.
+"""Run a ProtoSeg (or baseline) model on images, a video or a webcam and draw its predictions
+(Detectron2's demo conventions).
 
     python demo/demo.py --config-file configs/toy/protoseg_r18-d8_fcn_toy.yaml \
         --input 'datasets/toy_scenes/images/validation/*.jpg' --output output/vis \
         --opts MODEL.WEIGHTS output/toy/protoseg_r18-d8_fcn/model_final.pth
+    python demo/demo.py --config-file CONFIG --video-input clip.mp4 --output out.mp4 --opts MODEL.WEIGHTS ...
+    python demo/demo.py --config-file CONFIG --webcam --opts MODEL.WEIGHTS ...
+
+``--input`` takes files, globs and folders; ``--output`` is a file (one input) or a folder (made
+if missing). Without ``--output`` the pictures are shown in an OpenCV window (needs a GUI build of
+OpenCV, not opencv-python-headless).
 """
 import argparse
 import glob
+import logging
 import os
 import sys
+import time
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
+from detectron2.config import get_cfg
+from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from predictor import SemSegDemo  # noqa: E402
+from predictor import SemSegDemo, save_label_map  # noqa: E402
 
-from protoseg.engine import setup_cfg  # noqa: E402
+from protoseg import add_protoseg_config  # noqa: E402  (also registers the datasets)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+WINDOW_NAME = "ProtoSeg"
+logger = logging.getLogger("protoseg")
+
+
+def setup_cfg(args):
+    """Config file + ``--opts``; no ``default_setup``: the demo writes nothing into OUTPUT_DIR.
+    A CUDA config runs on the CPU when no GPU is available."""
+    cfg = get_cfg()
+    add_protoseg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE is %s but no GPU is available: running on the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    if not cfg.MODEL.WEIGHTS:
+        logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised (pass --opts MODEL.WEIGHTS ...)")
+    cfg.freeze()
+    return cfg
 
 
 def expand_inputs(patterns):
-    """Files, globs and folders -> sorted list of image paths; error naming a pattern that matches none."""
+    """Files, globs and folders -> list of image paths (folders: their images, sorted; globs:
+    sorted); error naming a pattern that matches no file."""
     paths = []
     for pattern in patterns:
+        pattern = os.path.expanduser(pattern)
         if os.path.isdir(pattern):
             found = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern)) if f.lower().endswith(IMAGE_EXTS)]
         else:
-            found = sorted(glob.glob(os.path.expanduser(pattern)))
+            found = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
         if not found:
-            raise FileNotFoundError(f"--input {pattern!r} matches no image")
+            raise FileNotFoundError(f"--input {pattern!r} matches no image file")
         paths.extend(found)
     return paths
 
 
-def output_path(output, path, many):
-    if many or os.path.isdir(output) or output.endswith(os.sep):
-        os.makedirs(output, exist_ok=True)
-        return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    return output
+def output_is_folder(output, many):
+    return many or os.path.isdir(output) or output.endswith(("/", os.sep)) or not os.path.splitext(output)[1]
+
+
+def output_paths(output, paths):
+    """Where each input's picture goes: ``output`` itself (one input, a file name with an
+    extension) or ``output/<input stem>.png``. Error naming the inputs when two would collide."""
+    if not output_is_folder(output, len(paths) > 1):
+        if not output.lower().endswith(IMAGE_EXTS):
+            raise ValueError(f"--output {output!r}: not an image file name ({', '.join(IMAGE_EXTS)}) or a folder")
+        return [output]
+    if not os.path.isdir(output) and output.lower().endswith(IMAGE_EXTS):
+        raise ValueError(f"--output {output!r} is a file name but there are {len(paths)} inputs: give a folder")
+    outs = [os.path.join(output, os.path.splitext(os.path.basename(p))[0] + ".png") for p in paths]
+    seen = {}
+    for p, o in zip(paths, outs):
+        if o in seen:
+            raise ValueError(f"inputs {seen[o]} and {p} would both be written to {o}")
+        seen[o] = p
+    return outs
+
+
+def label_map_path(picture_path):
+    return os.path.splitext(picture_path)[0] + "_labels.png"
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description="ProtoSeg demo: draw semantic segmentation predictions")
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--input", nargs="+", required=True, help="image files, globs or folders")
-    parser.add_argument("--output", required=True, help="output file (one input) or folder")
-    parser.add_argument("--alpha", type=float, default=0.6, help="opacity of the drawn labels")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image files, globs (quoted) or folders")
+    source.add_argument("--video-input", metavar="FILE", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="take the frames of webcam 0 (shown in a window)")
+    parser.add_argument("--output", help="output file (one image or a video) or folder; "
+                                         "if not given, the pictures are shown in a window")
+    parser.add_argument("--alpha", type=float, default=0.6, help="opacity of the class colours (default 0.6)")
     parser.add_argument("--no-labels", action="store_true", help="colours only, no class names")
+    parser.add_argument("--area-threshold", type=int, default=None, metavar="PIXELS",
+                        help="label only the classes whose largest region has at least this many pixels "
+                             "(of the input image; default: 0.5%% of the image); smaller regions are coloured")
     parser.add_argument("--save-label-map", action="store_true",
-                        help="also write the raw label map as PNG (16-bit when classes > 256)")
+                        help="also write the raw label map beside each picture as <name>_labels.png "
+                             "(8-bit; 16-bit when the model has more than 256 classes); with --input only")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser
 
 
+def run_images(demo, args, num_classes):
+    paths = expand_inputs(args.input)
+    outs = output_paths(args.output, paths) if args.output else [None] * len(paths)
+    if args.output and output_is_folder(args.output, len(paths) > 1):
+        os.makedirs(args.output, exist_ok=True)
+    for path, out in zip(paths, outs):
+        try:
+            image = read_image(path, format="BGR")
+        except Exception as e:
+            raise OSError(f"cannot read image {path}: {e}") from e
+        start = time.perf_counter()
+        label_map, vis = demo.run_on_image(image)
+        logger.info("%s: %d classes in %.2fs", path, len(np.unique(label_map)), time.perf_counter() - start)
+        if out is None:
+            show(vis[:, :, ::-1], os.path.basename(path), wait=0)
+            continue
+        if os.path.dirname(out):
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+        try:
+            Image.fromarray(vis).save(out)
+        except Exception as e:
+            raise OSError(f"cannot write {out} (picture of {path}): {e}") from e
+        if args.save_label_map:
+            save_label_map(label_map_path(out), label_map, num_classes)
+        print(f"{path} -> {out}")
+
+
+def video_output_path(output, video_path):
+    if output_is_folder(output, False):
+        os.makedirs(output, exist_ok=True)
+        return os.path.join(output, os.path.splitext(os.path.basename(video_path))[0] + ".mp4")
+    if os.path.dirname(output):
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+    return output
+
+
+def run_video(demo, args):
+    path = args.video_input
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--video-input {path}: no such file")
+    video = cv2.VideoCapture(path)
+    if not video.isOpened():
+        raise OSError(f"cannot open video {path}")
+    fps = video.get(cv2.CAP_PROP_FPS)
+    if not fps or not np.isfinite(fps) or fps <= 0:
+        logger.warning("%s: unknown frame rate, writing at 25 fps", path)
+        fps = 25.0
+    out = video_output_path(args.output, path) if args.output else None
+    writer, size, frames = None, None, 0
+    try:
+        for vis in demo.run_on_video(video):
+            if out is None:
+                if show(vis, os.path.basename(path), wait=1) == 27:
+                    break
+                continue
+            if writer is None:
+                size = (vis.shape[1], vis.shape[0])
+                codec = "MJPG" if out.lower().endswith(".avi") else "mp4v"
+                writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*codec), float(fps), size, True)
+                if not writer.isOpened():
+                    raise OSError(f"cannot write video {out} (codec {codec}); use a .mp4 or .avi name")
+            if (vis.shape[1], vis.shape[0]) != size:
+                vis = cv2.resize(vis, size)
+            writer.write(vis)
+            frames += 1
+    finally:
+        video.release()
+        if writer is not None:
+            writer.release()
+    if out is not None:
+        if frames == 0:
+            raise OSError(f"no frame could be read from {path}")
+        print(f"{path} -> {out} ({frames} frames, {fps:g} fps)")
+
+
+def run_webcam(demo):
+    cam = cv2.VideoCapture(0)
+    if not cam.isOpened():
+        raise OSError("cannot open webcam 0")
+    try:
+        for vis in demo.run_on_video(cam):
+            if show(vis, WINDOW_NAME, wait=1) == 27:  # Esc
+                break
+    finally:
+        cam.release()
+        cv2.destroyAllWindows()
+
+
+def show(vis_bgr, title, wait):
+    """Show a picture in an OpenCV window; returns the key pressed."""
+    try:
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        cv2.imshow(title, vis_bgr)
+        return cv2.waitKey(wait)
+    except cv2.error as e:
+        raise RuntimeError(f"cannot open a window ({e.msg.strip()}): pass --output to write files instead") from e
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    setup_logger(name="fvcore")
     setup_logger(name="protoseg")
-    cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts, eval_only=True))
-    demo = SemSegDemo(cfg, alpha=args.alpha, labels=not args.no_labels)
-    paths = expand_inputs(args.input)
-    for path in paths:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise OSError(f"cannot read image {path}")
-        label_map, vis = demo.run_on_image(image)
-        out = output_path(args.output, path, len(paths) > 1)
-        Image.fromarray(vis).save(out)
-        if args.save_label_map:
-            dtype = np.uint8 if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES <= 256 else np.uint16
-            Image.fromarray(label_map.astype(dtype)).save(os.path.splitext(out)[0] + "_labels.png")
-        print(f"{path} -> {out}")
+    if args.save_label_map and not args.input:
+        raise SystemExit("--save-label-map works with --input only")
+    if args.save_label_map and not args.output:
+        raise SystemExit("--save-label-map needs --output")
+    cfg = setup_cfg(args)
+    demo = SemSegDemo(cfg, alpha=args.alpha, labels=not args.no_labels, area_threshold=args.area_threshold)
+    if args.input:
+        run_images(demo, args, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    elif args.video_input:
+        run_video(demo, args)
+    else:
+        run_webcam(demo)
 
 
 if __name__ == "__main__":

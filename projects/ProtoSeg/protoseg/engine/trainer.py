@@ -9,13 +9,12 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_train_loader
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultTrainer, default_setup, hooks
-from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import ProtoSegCheckpointer
 from ..config import add_protoseg_config
-from ..evaluation import format_per_class_table, save_per_class_csv
+from ..evaluation import SemSegReportEvaluator, format_per_class_table
 from ..solver import build_lr_scheduler, build_optimizer
 from .hooks import PrototypeStatisticsHook
 
@@ -52,7 +51,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return SemSegEvaluator(dataset_name, distributed=True, output_dir=None)
+        """Detectron2's ``SemSegEvaluator`` metrics; its report (per-class IoU CSV and bar chart,
+        confusion matrix, most confused pairs) goes to ``output_folder``, by default
+        ``<OUTPUT_DIR>/inference/<dataset_name>``."""
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return SemSegReportEvaluator(dataset_name, distributed=True, output_dir=None, report_dir=output_folder)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -96,7 +100,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """Evaluate on ``cfg.DATASETS.TEST``; print and save a per-class IoU table for each."""
+        """Evaluate on ``cfg.DATASETS.TEST`` and print a per-class IoU table for each (the
+        evaluator of :meth:`build_evaluator` writes the report files)."""
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process():
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
@@ -105,9 +110,6 @@ class Trainer(DefaultTrainer):
                     continue
                 classes = MetadataCatalog.get(name).stuff_classes
                 logger.info("Per-class results on %s:\n%s", name, format_per_class_table(res["sem_seg"], classes))
-                path = os.path.join(cfg.OUTPUT_DIR, "inference", name, "per_class_iou.csv")
-                save_per_class_csv(res["sem_seg"], classes, path)
-                logger.info("Per-class IoU written to %s", path)
         return results if isinstance(results, OrderedDict) else OrderedDict(results)
 
 

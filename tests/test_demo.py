@@ -1,0 +1,183 @@
+"""demo/demo.py: pictures of the predictions, label maps (8- and 16-bit), videos, errors."""
+import importlib.util
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.visualizer import Visualizer
+
+from conftest import REPO, TOY_CONFIGS
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("protoseg_demo", REPO / "demo" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
+predictor = sys.modules["predictor"]  # demo/predictor.py, imported by demo.py
+
+
+@pytest.fixture(scope="module")
+def demo_args(trained_toy_checkpoint):
+    _, weights = trained_toy_checkpoint
+    return ["--config-file", str(TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"),
+            "--opts", "MODEL.WEIGHTS", str(weights), "DATASETS.TEST", "('toy_test_val',)"]
+
+
+def with_opts(demo_args, *args):
+    i = demo_args.index("--opts")
+    return demo_args[:i] + list(args) + demo_args[i:]
+
+
+def model_prediction(cfg, weights, path):
+    """The label map of the evaluation path (DatasetMapper reads images in cfg.INPUT.FORMAT)."""
+    from protoseg.engine import Trainer
+    from protoseg.checkpoint import ProtoSegCheckpointer
+
+    model = Trainer.build_model(cfg)
+    ProtoSegCheckpointer(model).load(str(weights))
+    model.eval()
+    image = read_image(path, format=cfg.INPUT.FORMAT)
+    inputs = {"image": torch.as_tensor(image.transpose(2, 0, 1).astype("float32")),
+              "height": image.shape[0], "width": image.shape[1]}
+    with torch.no_grad():
+        return model([inputs])[0]["sem_seg"].argmax(0).numpy()
+
+
+def test_picture_and_label_map_of_a_toy_image(demo_args, trained_toy_checkpoint, toy_dataset, tmp_path):
+    cfg, weights = trained_toy_checkpoint
+    image_path = str(sorted((toy_dataset / "images" / "validation").glob("*.jpg"))[0])
+    out = tmp_path / "vis" / "pic.png"
+    demo.main(with_opts(demo_args, "--input", image_path, "--output", str(out), "--alpha", "1", "--save-label-map"))
+
+    pic = np.array(Image.open(out).convert("RGB"))
+    assert min(pic.shape[:2]) >= 512  # the 128x128 image is drawn enlarged
+    assert pic.std() > 10
+
+    labels = np.array(Image.open(tmp_path / "vis" / "pic_labels.png"))
+    assert Image.open(tmp_path / "vis" / "pic_labels.png").mode == "L" and labels.shape == (128, 128)
+    # the model sees the channels it was trained on (DefaultPredictor converts BGR -> cfg.INPUT.FORMAT)
+    np.testing.assert_array_equal(labels, model_prediction(cfg, weights, image_path))
+
+    colors = MetadataCatalog.get("toy_test_val").stuff_colors
+    classes, counts = np.unique(labels, return_counts=True)
+    for c, n in zip(classes, counts):
+        if n < 0.02 * labels.size:
+            continue
+        close = (np.abs(pic.astype(int) - np.array(colors[c])).max(axis=-1) <= 3).mean()
+        assert close > 0.25 * n / labels.size, f"colour of class {c} missing from the picture"
+
+
+def test_video_gets_every_frame_drawn_at_the_same_fps(demo_args, toy_dataset, tmp_path):
+    image = cv2.imread(str(sorted((toy_dataset / "images" / "validation").glob("*.jpg"))[1]))
+    src = str(tmp_path / "clip.avi")
+    writer = cv2.VideoWriter(src, cv2.VideoWriter_fourcc(*"MJPG"), 7.0, (64, 64))
+    assert writer.isOpened()
+    for i in range(5):
+        writer.write(cv2.resize(np.roll(image, 8 * i, axis=1), (64, 64)))
+    writer.release()
+
+    out = tmp_path / "out" / "clip.mp4"
+    demo.main(with_opts(demo_args, "--video-input", src, "--output", str(out)))
+    video = cv2.VideoCapture(str(out))
+    assert video.isOpened()
+    frames = []
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        frames.append(frame)
+    assert video.get(cv2.CAP_PROP_FPS) == pytest.approx(7.0)
+    video.release()
+    assert len(frames) == 5 and frames[0].shape == (512, 512, 3) and frames[0].std() > 10
+
+
+def test_16bit_label_map_round_trip(tmp_path):
+    label_map = (np.arange(40 * 30).reshape(30, 40) % 847).astype(np.int64)
+    label_map[0, 0] = 800
+    path = tmp_path / "labels.png"
+    predictor.save_label_map(str(path), label_map, num_classes=847)
+    with Image.open(path) as im:
+        assert im.mode in ("I;16", "I;16B", "I") and im.info.get("bits", 16) == 16
+        np.testing.assert_array_equal(np.array(im), label_map)
+    read = predictor.read_label_map(str(path))
+    assert read.dtype == np.uint16 and read[0, 0] == 800
+    np.testing.assert_array_equal(read, label_map)
+    with pytest.raises(ValueError, match="labels.png"):
+        predictor.save_label_map(str(path), label_map, num_classes=256)
+
+
+def _bare_demo(labels=True, area_threshold=None):
+    """A SemSegDemo without a model, to test the drawing."""
+    d = predictor.SemSegDemo.__new__(predictor.SemSegDemo)
+    d.metadata = predictor.demo_metadata("toy_test_val", 8)
+    d.alpha, d.labels, d.area_threshold = 1.0, labels, area_threshold
+    return d
+
+
+def test_drawing_labels_large_regions_only_and_skips_ignore(toy_dataset, monkeypatch):
+    texts = []
+    original = Visualizer.draw_text
+    monkeypatch.setattr(Visualizer, "draw_text", lambda self, text, *a, **k: texts.append(text) or original(self, text, *a, **k))
+    image = np.full((128, 128, 3), 128, np.uint8)
+    label_map = np.full((128, 128), 255, np.int64)  # ignore: not drawn
+    label_map[:, :64] = 3
+    label_map[100:102, 100:102] = 5  # 4 pixels: coloured, not labelled
+    drawn = _bare_demo().draw(image, label_map)
+    assert texts == ["toy03"]
+    big = cv2.resize(drawn, (128, 128), interpolation=cv2.INTER_NEAREST)
+    colors = MetadataCatalog.get("toy_test_val").stuff_colors
+    assert (np.abs(big[10:120, 70:95].astype(int) - 128).max() <= 1)  # ignore region left as it was
+    assert np.abs(big[50, 30].astype(int) - colors[3]).max() <= 3
+    assert np.abs(big[101, 101].astype(int) - colors[5]).max() <= 40
+
+    texts.clear()
+    _bare_demo(area_threshold=2).draw(image, label_map)
+    assert sorted(texts) == ["toy03", "toy05"]
+    texts.clear()
+    _bare_demo(labels=False).draw(image, label_map)
+    assert texts == []
+
+
+def test_metadata_without_colours_gets_fixed_colours():
+    name = "demo_test_no_colours"
+    MetadataCatalog.get(name).set(stuff_classes=["a", "b"])
+    try:
+        first, second = predictor.demo_metadata(name, 3), predictor.demo_metadata(name, 3)
+        assert first.stuff_classes == ["a", "b", "class_2"]
+        assert first.stuff_colors == second.stuff_colors and len(first.stuff_colors) == 3
+        assert not hasattr(MetadataCatalog.get(name), "stuff_colors")
+    finally:
+        MetadataCatalog.remove(name)
+
+
+def test_inputs_and_outputs(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for p in ("a/x.jpg", "a/y.png", "a/notes.txt", "b/x.jpg"):
+        (tmp_path / p).write_bytes(b"")
+    assert demo.expand_inputs([str(tmp_path / "a")]) == [str(tmp_path / "a" / "x.jpg"), str(tmp_path / "a" / "y.png")]
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        demo.expand_inputs([str(tmp_path / "nothing_here*.jpg")])
+    assert demo.output_paths(str(tmp_path / "one.png"), ["a/x.jpg"]) == [str(tmp_path / "one.png")]
+    assert demo.output_paths(str(tmp_path / "dir"), ["a/x.jpg"]) == [str(tmp_path / "dir" / "x.png")]
+    with pytest.raises(ValueError, match="2 inputs"):
+        demo.output_paths(str(tmp_path / "one.png"), ["a/x.jpg", "a/y.png"])
+    with pytest.raises(ValueError, match="x.jpg"):
+        demo.output_paths(str(tmp_path / "out"), [str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg")])
+
+
+def test_unreadable_image_is_named(demo_args, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(OSError, match="broken.jpg"):
+        demo.main(with_opts(demo_args, "--input", str(bad), "--output", str(tmp_path / "out")))

@@ -1,0 +1,145 @@
+"""The evaluation report: SemSegReportEvaluator's files against a hand-computed case, its metrics
+against Detectron2's SemSegEvaluator, and Trainer.test on the trained toy checkpoint."""
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import SemSegEvaluator
+
+from protoseg.evaluation import REPORT_FILES, SemSegReportEvaluator, confused_pairs, plot_per_class_iou
+
+CLASSES = ["sky", "road", "tree", "boat"]  # "boat" is in neither ground truth nor predictions
+IGNORE = 255
+# (ground truth, prediction) of two 2x3 images
+GT = [np.array([[0, 0, 1], [1, 2, IGNORE]]), np.array([[2, 2, 2], [0, 0, 1]])]
+PRED = [np.array([[0, 1, 1], [1, 2, 0]]), np.array([[2, 0, 2], [0, 0, 1]])]
+# by hand, ignoring the ignored pixel (predicted sky):
+#   sky: 4 true pixels, 3 right, 1 -> road; predicted 4 times (3 + 1 tree pixel) -> IoU 3/5, Acc 3/4
+#   road: 3 true, 3 right; predicted 4 times -> IoU 3/4, Acc 1
+#   tree: 4 true, 3 right, 1 -> sky; predicted 3 times -> IoU 3/4, Acc 3/4
+EXPECTED_IOU = {"sky": 60.0, "road": 75.0, "tree": 75.0}
+EXPECTED_ACC = {"sky": 75.0, "road": 100.0, "tree": 75.0}
+EXPECTED_CONF = np.zeros((5, 5), dtype=np.int64)  # [pred, true], last column: ignored pixels
+EXPECTED_CONF[0, 0], EXPECTED_CONF[1, 0], EXPECTED_CONF[1, 1] = 3, 1, 3
+EXPECTED_CONF[2, 2], EXPECTED_CONF[0, 2], EXPECTED_CONF[0, 4] = 3, 1, 1
+
+
+@pytest.fixture
+def hand_dataset(tmp_path):
+    name = "hand_eval_test"
+    records = []
+    for i, gt in enumerate(GT):
+        path = tmp_path / f"gt_{i}.png"
+        Image.fromarray(gt.astype(np.uint8)).save(path)
+        records.append({"file_name": f"img_{i}.jpg", "sem_seg_file_name": str(path), "image_id": i})
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(stuff_classes=CLASSES, ignore_label=IGNORE, sem_seg_root=str(tmp_path),
+                                  evaluator_type="sem_seg")
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def feed(evaluator):
+    evaluator.reset()
+    for i, pred in enumerate(PRED):
+        logits = torch.nn.functional.one_hot(torch.as_tensor(pred), len(CLASSES)).permute(2, 0, 1).float()
+        evaluator.process([{"file_name": f"img_{i}.jpg"}], [{"sem_seg": logits}])
+    return evaluator.evaluate()
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_report_files_match_hand_computed_counts(hand_dataset, tmp_path):
+    out = tmp_path / "report"
+    results = feed(SemSegReportEvaluator(hand_dataset, report_dir=str(out)))["sem_seg"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)
+
+    conf = np.load(out / "confusion_matrix.npy")
+    assert conf.dtype == np.int64 and conf.shape == (5, 5)
+    np.testing.assert_array_equal(conf, EXPECTED_CONF)
+
+    table = read_csv(out / "per_class_iou.csv")
+    assert table[0] == ["class", "IoU", "ACC"] and [r[0] for r in table[1:]] == CLASSES
+    for name, iou, acc in table[1:]:
+        if name == "boat":
+            assert iou == "nan" and acc == "nan"
+        else:
+            assert float(iou) == pytest.approx(EXPECTED_IOU[name]) and float(acc) == pytest.approx(EXPECTED_ACC[name])
+    assert results["mIoU"] == pytest.approx(70.0)
+
+    pairs = read_csv(out / "confused_pairs.csv")
+    assert pairs[0] == ["true_class", "predicted_class", "pixels", "share_of_true_class"]
+    assert [(t, p, int(n), float(s)) for t, p, n, s in pairs[1:]] == [("sky", "road", 1, 0.25), ("tree", "sky", 1, 0.25)]
+
+    with Image.open(out / "per_class_iou.png") as im:
+        assert im.format == "PNG" and im.width >= 400 and im.height >= 150
+
+
+def test_metrics_are_detectron2s(hand_dataset, tmp_path):
+    ours = feed(SemSegReportEvaluator(hand_dataset, report_dir=str(tmp_path / "r")))["sem_seg"]
+    theirs = feed(SemSegEvaluator(hand_dataset))["sem_seg"]
+    assert ours.keys() == theirs.keys()
+    assert all(math.isnan(v) and math.isnan(theirs[k]) or v == theirs[k] for k, v in ours.items())
+
+
+def test_no_report_dir_writes_nothing(hand_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    feed(SemSegReportEvaluator(hand_dataset))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt_0.png", "gt_1.png"]
+
+
+def test_confused_pairs_order_and_shares():
+    names = ["a", "b", "c"]
+    conf = np.zeros((4, 4), dtype=np.int64)  # [pred, true]
+    conf[1, 0], conf[2, 0], conf[0, 2], conf[0, 0], conf[2, 2], conf[0, 3] = 5, 2, 5, 13, 5, 99
+    rows = confused_pairs(conf, names, top_n=2)
+    assert [(r["true_class"], r["predicted_class"], r["pixels"]) for r in rows] == [("a", "b", 5), ("c", "a", 5)]
+    assert rows[0]["share_of_true_class"] == pytest.approx(5 / 20) and rows[1]["share_of_true_class"] == 0.5
+
+
+def test_bar_chart_of_many_classes_stays_legible(tmp_path):
+    names = [f"class {i}" for i in range(847)]
+    rng = np.random.RandomState(0)
+    results = {f"IoU-{n}": float(v) for n, v in zip(names, rng.uniform(0, 100, len(names)))}
+    results["mIoU"] = 50.0
+    plot_per_class_iou(results, names, tmp_path / "many.png")
+    with Image.open(tmp_path / "many.png") as im:
+        assert im.height < 1500 and im.width < 1500  # best 50 and worst 50, not 847 bars
+    assert (tmp_path / "many.png").stat().st_size < 300_000
+
+
+def test_trainer_test_writes_the_report(trained_toy_checkpoint, tmp_path):
+    from protoseg.engine.trainer import evaluate_checkpoint
+
+    cfg, weights = trained_toy_checkpoint
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR = str(weights), str(tmp_path)
+    cfg.freeze()
+    results = evaluate_checkpoint(cfg)["sem_seg"]
+    out = tmp_path / "inference" / "toy_test_val"
+    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)
+    table = read_csv(out / "per_class_iou.csv")
+    classes = MetadataCatalog.get("toy_test_val").stuff_classes
+    assert table[0] == ["class", "IoU", "ACC"] and len(table) == 1 + 8
+    for name, iou, _ in table[1:]:
+        assert float(iou) == pytest.approx(results[f"IoU-{name}"]) or math.isnan(results[f"IoU-{name}"])
+    conf = np.load(out / "confusion_matrix.npy")
+    assert conf.shape == (9, 9) and conf.dtype == np.int64 and conf[8].sum() == 0
+    labels = [np.array(Image.open(r["sem_seg_file_name"])) for r in DatasetCatalog.get("toy_test_val")]
+    true_pixels = np.bincount(np.concatenate([l[l != 255] for l in labels]), minlength=8)
+    np.testing.assert_array_equal(conf[:8, :8].sum(axis=0), true_pixels)
+    assert conf[:8, 8].sum() == sum(int((l == 255).sum()) for l in labels)
+    pairs = read_csv(out / "confused_pairs.csv")[1:]
+    off = conf[:8, :8] - np.diag(np.diag(conf[:8, :8]))
+    true, pred, pixels = classes.index(pairs[0][0]), classes.index(pairs[0][1]), int(pairs[0][2])
+    assert pixels == off.max() == off[pred, true]
