@@ -16,6 +16,7 @@ from .inference import (
     InputInfo,
     build_cfg,
     embed_image,
+    labelled_cell_embeddings,
     labels_to_grid,
     load_model,
     prototype_memory,

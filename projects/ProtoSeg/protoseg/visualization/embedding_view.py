@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .inference import embed_image, labels_to_grid, prototype_memory, read_dataset_sample  # noqa: E402
+from .inference import labelled_cell_embeddings, prototype_memory  # noqa: E402
 
 __all__ = ["PixelSample", "collect_pixel_embeddings", "project_2d", "plot_embedding", "embedding_view", "PROJECTIONS"]
 
@@ -56,21 +56,11 @@ def collect_pixel_embeddings(
     Returns:
         :class:`PixelSample` with embeddings (N, D) and labels (N,), N = labelled cells in total.
     """
-    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if num_classes is None else num_classes
-    ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
     xs, ys = [], []
-    for d in dataset_dicts:
-        image, labels = read_dataset_sample(d, cfg.INPUT.FORMAT)
-        if labels is None:
-            raise ValueError(f"{d['file_name']} has no label map (sem_seg_file_name)")
-        out = embed_image(model, cfg, image)
-        hv, wv = out.info.valid_grid_size
-        grid = labels_to_grid(labels, out.info, ignore)[:hv, :wv]
-        emb = out.embeddings[:, :hv, :wv].permute(1, 2, 0).reshape(-1, out.embeddings.shape[0]).numpy()
-        flat = grid.reshape(-1)
-        valid = (flat >= 0) & (flat < num_classes)
-        xs.append(emb[valid])
-        ys.append(flat[valid])
+    for emb, labels in labelled_cell_embeddings(model, cfg, dataset_dicts):
+        keep = labels < (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if num_classes is None else num_classes)
+        xs.append(emb[keep].numpy())
+        ys.append(labels[keep].numpy())
     d = model.sem_seg_head.memory.dim if hasattr(model.sem_seg_head, "memory") else 0
     x = np.concatenate(xs).astype(np.float32) if xs else np.zeros((0, d), np.float32)
     y = np.concatenate(ys).astype(np.int64) if ys else np.zeros((0,), np.int64)

@@ -12,7 +12,7 @@ of which the top-left (hv, wv) = ceil((H', W') / stride) cells cover the image.
 """
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -211,3 +211,22 @@ def read_dataset_sample(dataset_dict: dict, input_format: str) -> Tuple[np.ndarr
         if labels.ndim == 3:
             labels = labels[:, :, 0]
     return image, labels
+
+
+@torch.no_grad()
+def labelled_cell_embeddings(model, cfg, dataset_dicts: Sequence[dict]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """For each image of ``dataset_dicts`` (Detectron2 dicts with ``file_name`` and
+    ``sem_seg_file_name``): the embeddings (n, D) and labels (n,) of the labelled cells of the
+    embedding grid (labels in [0, NUM_CLASSES); ignore and padding dropped)."""
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    for d in dataset_dicts:
+        image, labels = read_dataset_sample(d, cfg.INPUT.FORMAT)
+        if labels is None:
+            raise ValueError(f"{d['file_name']} has no label map (sem_seg_file_name)")
+        out = embed_image(model, cfg, image)
+        hv, wv = out.info.valid_grid_size
+        grid = torch.as_tensor(labels_to_grid(labels, out.info, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)[:hv, :wv])
+        emb = out.embeddings[:, :hv, :wv].permute(1, 2, 0).reshape(-1, out.embeddings.shape[0])
+        flat = grid.reshape(-1)
+        valid = (flat >= 0) & (flat < num_classes)
+        yield emb[valid], flat[valid]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
-from .inference import embed_image, labels_to_grid, prototype_memory, read_dataset_sample
+from .inference import labelled_cell_embeddings, prototype_memory
 
 __all__ = [
     "PROTOTYPE_SUFFIX",
@@ -120,17 +120,9 @@ def prototype_usage(model, cfg, dataset_dicts: Sequence[dict], correct_only: boo
     memory = prototype_memory(model)
     c, k = memory.num_classes, memory.num_prototypes
     counts = np.zeros((c, k), dtype=np.int64)
-    ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
-    for d in dataset_dicts:
-        image, labels = read_dataset_sample(d, cfg.INPUT.FORMAT)
-        if labels is None:
-            raise ValueError(f"{d['file_name']} has no label map (sem_seg_file_name)")
-        out = embed_image(model, cfg, image)
-        hv, wv = out.info.valid_grid_size
-        grid = torch.as_tensor(labels_to_grid(labels, out.info, ignore)[:hv, :wv]).reshape(-1)
-        emb = out.embeddings[:, :hv, :wv].permute(1, 2, 0).reshape(-1, out.embeddings.shape[0])
-        sims = memory.similarity(emb.to(memory.prototypes.device)).float().cpu()  # (N, C*K)
-        valid = (grid >= 0) & (grid < c)
+    for emb, grid in labelled_cell_embeddings(model, cfg, dataset_dicts):
+        sims = memory.similarity(emb.to(memory.prototypes.device)).float().cpu()  # (n, C*K)
+        valid = torch.ones_like(grid, dtype=torch.bool)
         if correct_only:
             scores = model.sem_seg_head.normalize_scores(memory.class_scores(sims.to(memory.prototypes.device))).cpu()
             valid &= scores.argmax(1) == grid
