@@ -82,6 +82,10 @@ def test_report_files_match_hand_computed_counts(hand_dataset, tmp_path):
 
     with Image.open(out / "per_class_iou.png") as im:
         assert im.format == "PNG" and im.width >= 400 and im.height >= 150
+        pixels = np.asarray(im.convert("RGB"), dtype=np.float64)
+    assert pixels.std() > 10  # bars and text, not a blank canvas
+    # bars are drawn in colour (not only black text on white)
+    assert ((pixels.max(-1) - pixels.min(-1)) > 40).mean() > 0.01
 
 
 def test_metrics_are_detectron2s(hand_dataset, tmp_path):
