@@ -45,7 +45,8 @@ def toy_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_toy_checkpoint(toy_dataset, tmp_path_factory):
-    """(cfg, path of model_final.pth) of ProtoSeg trained 40 iterations on the toy data."""
+    """(cfg, path of model_final.pth) of ProtoSeg trained 40 iterations on the toy data (seeded)."""
+    from detectron2.utils.env import seed_all_rng
     from protoseg.engine import Trainer
 
     out = tmp_path_factory.mktemp("toy_model")
@@ -55,6 +56,7 @@ def trained_toy_checkpoint(toy_dataset, tmp_path_factory):
         "OUTPUT_DIR", str(out), "DATALOADER.NUM_WORKERS", 0,
     ])
     cfg.freeze()
+    seed_all_rng(0)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from detectron2.engine import HookBase
+from detectron2.utils.env import seed_all_rng
 
 from protoseg.engine import Trainer
 
@@ -35,6 +36,7 @@ def read_metrics(output_dir):
 def trained(toy_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     cfg = trainer_cfg(out, max_iter=TRAIN_ITERS, opts=["SOLVER.CHECKPOINT_PERIOD", 10000])
+    seed_all_rng(0)  # model initialisation and data order (train_net.py does this via SEED)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -52,6 +54,7 @@ def test_loss_falls_and_miou_rises_well_above_chance(trained):
     assert last["loss_ce"] < 0.7 * first["loss_ce"]
     assert all(k in last for k in ("loss_ppc", "loss_ppd", "proto/intra_class_cosine", "proto/used_share"))
     miou = results["sem_seg"]["mIoU"]
+    print(f"toy mIoU after {TRAIN_ITERS} iterations: {miou:.1f}")
     assert miou > 3 * CHANCE_MIOU, f"mIoU {miou:.1f} after {TRAIN_ITERS} iterations"
     table = (out / "inference" / "toy_test_val" / "per_class_iou.csv").read_text().splitlines()
     assert table[0] == "class,IoU,ACC" and len(table) == 1 + 8
