@@ -1,5 +1,4 @@
 """Shared fixtures: configs of the toy model, and a small toy-scenes dataset generated once."""
-import os
 from pathlib import Path
 
 import pytest

@@ -1,5 +1,4 @@
 """The ProtoSeg head inside Detectron2's SemanticSegmentor, and its parametric baselines."""
-import copy
 
 import pytest
 import torch

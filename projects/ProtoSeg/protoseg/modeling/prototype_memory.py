@@ -8,7 +8,6 @@ optimizer and gets no weight decay. It is written only inside :meth:`PrototypeMe
 from typing import Dict, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
