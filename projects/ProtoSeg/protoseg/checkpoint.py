@@ -1,9 +1,14 @@
-"""Checkpoint loading that refuses a prototype memory of the wrong shape.
+"""Checkpoints that are written atomically and refuse a prototype memory of the wrong shape.
 
-fvcore's Checkpointer skips any tensor whose shape differs from the model's with a warning. For the
-prototype buffer that would silently leave random prototypes in a model that then evaluates as if
-it were trained, so a mismatch is an error that says which config keys decide the shape.
+- fvcore's Checkpointer skips any tensor whose shape differs from the model's with a warning. For
+  the prototype buffer that would silently leave random prototypes in a model that then evaluates
+  as if it were trained, so a mismatch is an error that says which config keys decide the shape.
+- A job killed while writing a checkpoint must not leave a truncated file under the final name
+  (``model_final.pth`` is overwritten in place on a re-run): local files are written to a
+  temporary name, synced and renamed into place, and so is ``last_checkpoint``.
 """
+import os
+
 from detectron2.checkpoint import DetectionCheckpointer
 
 __all__ = ["ProtoSegCheckpointer", "check_prototype_shapes"]
@@ -26,8 +31,53 @@ def check_prototype_shapes(model_state: dict, checkpoint_state: dict, source: st
             )
 
 
+class _AtomicFile:
+    """A binary or text file opened for writing at ``<path>.tmp``, renamed to ``path`` on a clean
+    close and deleted on an exception."""
+
+    def __init__(self, path: str, mode: str):
+        self.path, self.tmp = path, f"{path}.tmp"
+        self.file = open(self.tmp, mode)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        else:
+            self.file.close()
+            os.remove(self.tmp)
+
+
+class _AtomicWrites:
+    """Wraps a PathManager: local files opened for writing are :class:`_AtomicFile`s."""
+
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
+
+    def __getattr__(self, name):
+        return getattr(self._path_manager, name)
+
+    def open(self, path, mode="r", **kwargs):
+        if "w" in mode and "://" not in str(path):
+            return _AtomicFile(str(path), mode)
+        return self._path_manager.open(path, mode, **kwargs)
+
+
 class ProtoSegCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer whose loading fails clearly on a prototype shape mismatch."""
+    """DetectionCheckpointer that writes atomically and whose loading fails clearly on a prototype
+    shape mismatch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.path_manager = _AtomicWrites(self.path_manager)
 
     def _load_model(self, checkpoint):
         check_prototype_shapes(self.model.state_dict(), checkpoint["model"], self._current_path)
