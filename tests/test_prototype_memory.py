@@ -122,3 +122,18 @@ def test_rejects_bad_switches():
         PrototypeMemory(2, 2, 2, distance="manhattan")
     with pytest.raises(ValueError, match="ASSIGNMENT"):
         PrototypeMemory(2, 2, 2, assignment="soft")
+
+
+def test_tiny_classes_and_more_prototypes_than_pixels():
+    # a class with one pixel, and K = 5 prototypes for a class of 3 pixels
+    torch.manual_seed(0)
+    mem = make_memory(C=3, K=5, D=4, momentum=0.5)
+    x = F.normalize(torch.randn(4, 4), dim=1)
+    labels = torch.tensor([0, 1, 1, 1])
+    targets, update_targets = mem.assign(mem.own_class_scores(mem.similarity(x), labels), labels)
+    assert ((targets // 5) == labels).all()
+    stats = mem.update(x, update_targets)
+    assert torch.isfinite(mem.prototypes).all()
+    assert torch.allclose(mem.prototypes.norm(dim=-1), torch.ones(3, 5), atol=1e-6)
+    # class 0: 1 of 5 prototypes used; class 1: equipartition spreads its 3 pixels over 3 of 5
+    assert stats["used_share"].item() == pytest.approx(0.4)
