@@ -217,14 +217,3 @@ class PrototypeMemory(nn.Module):
         gram = unit @ unit.transpose(1, 2)  # (C, K, K)
         off_diag = gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)
         return (off_diag / (K * (K - 1))).mean()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        key = prefix + "prototypes"
-        if key in state_dict and state_dict[key].shape != self.prototypes.shape:
-            got = tuple(state_dict[key].shape)
-            raise ValueError(
-                f"checkpoint prototype buffer '{key}' has shape {got} (C, K, D) but the model expects "
-                f"{tuple(self.prototypes.shape)}: check MODEL.SEM_SEG_HEAD.NUM_CLASSES, "
-                f"MODEL.PROTOSEG.NUM_PROTOTYPES and the decoder width of the config"
-            )
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
