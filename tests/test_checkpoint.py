@@ -25,3 +25,20 @@ def test_matching_checkpoint_loads_prototypes(tmp_path):
     target = build_model(toy_cfg())
     ProtoSegCheckpointer(target).load(str(tmp_path / "model.pth"))
     assert torch.equal(target.sem_seg_head.memory.prototypes, source.sem_seg_head.memory.prototypes)
+
+
+class _Payload:
+    """Unpickling this object calls os.system: what a malicious checkpoint can do."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > PWNED_MARKER",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": {"x": torch.zeros(1)}, "evil": _Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="run pickled code"):
+        ProtoSegCheckpointer(build_model(toy_cfg())).load(str(tmp_path / "evil.pth"))
+    assert not (tmp_path / "PWNED_MARKER").exists()

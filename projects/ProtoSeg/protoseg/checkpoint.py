@@ -6,10 +6,16 @@
 - A job killed while writing a checkpoint must not leave a truncated file under the final name
   (``model_final.pth`` is overwritten in place on a re-run): local files are written to a
   temporary name, synced and renamed into place, and so is ``last_checkpoint``.
+- ``.pth`` files are read with ``torch.load(weights_only=True)`` whatever the torch version's
+  default, so a checkpoint cannot execute code when it is loaded. (``.pkl`` model-zoo files are
+  pickles by format and are read by Detectron2 as before.)
 """
 import os
 
+import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 
 __all__ = ["ProtoSegCheckpointer", "check_prototype_shapes"]
 
@@ -82,6 +88,20 @@ class ProtoSegCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint):
         check_prototype_shapes(self.model.state_dict(), checkpoint["model"], self._current_path)
         return super()._load_model(checkpoint)
+
+    def _load_file(self, filename):
+        if not filename.endswith(".pth"):
+            return super()._load_file(filename)
+        with PathManager.open(filename, "rb") as f:
+            try:
+                loaded = torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+            except Exception as e:  # torch raises UnpicklingError (or others) for disallowed content
+                raise ValueError(
+                    f"{filename} is not a plain tensor checkpoint and is not loaded, since loading it would "
+                    f"run pickled code ({type(e).__name__}: {str(e).splitlines()[0][:200]}). If you trust "
+                    f"the file, convert it once with torch.load(..., weights_only=False) and torch.save."
+                ) from e
+        return loaded if "model" in loaded else {"model": loaded}
 
     def load(self, path, *args, **kwargs):
         self._current_path = path
