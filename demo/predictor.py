@@ -12,10 +12,8 @@ import numpy as np
 import torch
 
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
-from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from protoseg.checkpoint import ProtoSegCheckpointer
@@ -76,15 +74,12 @@ class Predictor(DefaultPredictor):
     and leave random prototypes."""
 
     def __init__(self, cfg):
+        no_weights = cfg.clone()
+        no_weights.defrost()
+        no_weights.MODEL.WEIGHTS = ""  # DefaultPredictor then builds the model and loads nothing
+        super().__init__(no_weights)
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        if len(cfg.DATASETS.TEST):
-            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         ProtoSegCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
-        self.input_format = cfg.INPUT.FORMAT
-        assert self.input_format in ["RGB", "BGR"], self.input_format
 
 
 class SemSegDemo:

@@ -127,14 +127,6 @@ def batched_step(memory: PrototypeMemory, x: torch.Tensor, labels: torch.Tensor,
     return loss.detach(), proto_targets, {k: v.detach() for k, v in losses.items()}
 
 
-def batched_cluster_update(memory: PrototypeMemory, proto_logits, x, labels, correct):
-    """The no-grad part of :func:`batched_step`: clustering and momentum update."""
-    targets, update_targets = memory.assign(memory.own_class_scores(proto_logits, labels), labels)
-    update_targets = torch.where(correct, update_targets, torch.full_like(update_targets, -1))
-    memory.update(x, update_targets)
-    return targets
-
-
 def parametric_step(weight: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, num_classes: int, hp=HP):
     """The parametric baseline with K learned prototypes per class (Table 4): a learned (C*K, D)
     classifier, max over K, CE; forward and backward."""
@@ -402,13 +394,15 @@ def bench_step(C, args) -> Dict[str, object]:
     # The no-grad part alone: clustering + update (inputs prepared outside the timed region).
     with torch.no_grad():
         proto_logits = x0 @ prototypes.reshape(C * args.k, args.dim).t()
-        correct = proto_logits.view(-1, C, args.k).amax(-1).argmax(1) == labels
+        class_scores = proto_logits.view(-1, C, args.k).max(-1).values
+        correct = class_scores.argmax(1) == labels
     cu_memory = make_memory(prototypes)
+    own = cu_memory.own_class_scores(proto_logits, labels)
     cu_state = {"prototypes": prototypes.clone()}
 
     def cu_batched():
         with torch.no_grad():
-            batched_cluster_update(cu_memory, proto_logits, x0, labels, correct)
+            cu_memory.cluster_and_update(x0, own, class_scores, labels)
 
     def cu_loop():
         cu_state["prototypes"] = per_class_cluster_update(cu_state["prototypes"], proto_logits, x0, labels, correct)[1]

@@ -13,6 +13,7 @@ from torch import nn
 
 from .clustering import _world_reduce, sinkhorn_knopp
 from .distances import DISTANCES, pairwise_similarity
+from .prototype_scores import own_class_similarities
 
 __all__ = ["PrototypeMemory"]
 
@@ -138,9 +139,7 @@ class PrototypeMemory(nn.Module):
     def own_class_scores(self, proto_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(N, C*K) similarities, (N,) labels -> (N, K) similarities to the own class's prototypes
         (labels outside [0, C) give meaningless rows)."""
-        C, K = self.num_classes, self.num_prototypes
-        rows = torch.arange(proto_logits.shape[0], device=proto_logits.device)
-        return proto_logits.view(-1, C, K)[rows, labels.clamp(0, C - 1)]
+        return own_class_similarities(proto_logits, labels.clamp(0, self.num_classes - 1), self.num_classes)
 
     @torch.no_grad()
     def cluster_and_update(

@@ -19,7 +19,14 @@ import torch
 
 from .distances import pairwise_similarity
 
-__all__ = ["prototype_scores"]
+__all__ = ["prototype_scores", "own_class_similarities"]
+
+
+def own_class_similarities(proto_logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, C*K) similarities, (N,) labels in [0, C) -> (N, K) similarities to the prototypes of
+    each pixel's own class."""
+    view = proto_logits.view(proto_logits.shape[0], num_classes, -1)
+    return view[torch.arange(view.shape[0], device=view.device), labels]
 
 
 class _FusedCosineScores(torch.autograd.Function):
@@ -37,7 +44,7 @@ class _FusedCosineScores(torch.autograd.Function):
             logits = x[s : s + step] @ protos.t()  # (n_s, C*K)
             view = logits.view(-1, num_classes, k)
             torch.max(view, dim=2, out=(scores[s : s + step], best[s : s + step]))
-            own[s : s + step] = view[torch.arange(view.shape[0], device=x.device), labels[s : s + step]]
+            own[s : s + step] = own_class_similarities(logits, labels[s : s + step], num_classes)
             lse[s : s + step] = torch.logsumexp(logits.mul_(1.0 / temperature), dim=1)
             kept = logits if step >= n else None  # the scaled logits, reused by the backward
         ctx.save_for_backward(x, protos, labels, best, lse, *(() if kept is None else (kept,)))
@@ -90,6 +97,7 @@ def prototype_scores(
         x = x.float()
         if distance == "cosine":
             return _FusedCosineScores.apply(x, flat, labels, C, temperature, chunk_size)
-        logits = pairwise_similarity(x, flat, distance, huber_delta).view(-1, C, K)
-        own = logits[torch.arange(x.shape[0], device=x.device), labels]
-        return logits.max(dim=2).values, own, torch.logsumexp(logits.flatten(1) / temperature, dim=1)
+        logits = pairwise_similarity(x, flat, distance, huber_delta)  # (N, C*K)
+        own = own_class_similarities(logits, labels, C)
+        scores = logits.view(-1, C, K).max(dim=2).values
+        return scores, own, torch.logsumexp(logits / temperature, dim=1)
