@@ -22,6 +22,9 @@ __all__ = ["Trainer", "setup_cfg", "build_train_augmentation"]
 
 logger = logging.getLogger("protoseg")
 
+# detectron2 after v0.6 defines DefaultTrainer.state_dict, which includes the optimizer.
+_D2_SAVES_OPTIMIZER = "state_dict" in vars(DefaultTrainer)
+
 
 def build_train_augmentation(cfg):
     """Scale jitter (shortest edge), crop (with a maximum single-class share), horizontal flip."""
@@ -86,13 +89,16 @@ class Trainer(DefaultTrainer):
     def state_dict(self):
         """Detectron2 v0.6's DefaultTrainer leaves the optimizer out of its checkpoints, so
         ``--resume`` would restart SGD momentum / Adam moments from zero; later detectron2 saves it
-        under "_trainer", as here."""
+        under "_trainer" itself. Here it is added only where the installed version does not."""
         state = super().state_dict()
-        state["_trainer"] = self._trainer.state_dict()
+        if not _D2_SAVES_OPTIMIZER:
+            state["_trainer"] = self._trainer.state_dict()
         return state
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        if _D2_SAVES_OPTIMIZER:
+            return
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:
