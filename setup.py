@@ -21,5 +21,13 @@ setup(
         "matplotlib",
         "tabulate",
         "scikit-learn",  # t-SNE / PCA of pixel embeddings (visualisation tools)
+        # Swin and HRNet backbones (features_only wrappers). >=1.0: the feature-extraction API
+        # (features_only with output_fmt, feature_info) these wrappers rely on.
+        "timm>=1.0,<2",
     ],
+    extras_require={
+        # datasets/prepare_*.py: COCO-Stuff-10k's .mat annotations (scipy.io.loadmat) and
+        # Cityscapes' label definitions / trainId conversion (cityscapesScripts).
+        "datasets": ["scipy", "cityscapesScripts"],
+    },
 )

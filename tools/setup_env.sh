@@ -108,7 +108,7 @@ log "installing protoseg (editable) and pytest"
 # `import pkg_resources`, which setuptools 82 removed; detectron2 main has the same import
 # (facebookresearch/detectron2 issue #5494, open). >=78.1.1: fix for CVE-2025-47273; torch 2.14.1
 # itself requires setuptools>=77.0.3.
-pip_q install -e "$ROOT" pytest pytest-timeout "setuptools>=78.1.1,<82" \
+pip_q install -e "$ROOT[datasets]" pytest pytest-timeout "setuptools>=78.1.1,<82" \
     || die "pip install -e $ROOT (protoseg) / pytest failed"
 
 # --- 5. check --------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ reference code differs, the key's comment says how to get the reference's behavi
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
+from .data.config import add_data_config
+from .modeling.backbones.config import add_backbone_config
+from .modeling.decoders.config import add_decoder_config
+
 __all__ = ["add_protoseg_config"]
 
 
@@ -86,3 +90,8 @@ def add_protoseg_config(cfg):
     cfg.SOLVER.OPTIMIZER = "SGD"
     # Metric that selects the best checkpoint (model_best.pth) at each evaluation; "" disables.
     cfg.SOLVER.BEST_CHECKPOINT_METRIC = "sem_seg/mIoU"
+
+    # ---- keys owned by their modules -----------------------------------------------------------
+    add_backbone_config(cfg)
+    add_decoder_config(cfg)
+    add_data_config(cfg)
