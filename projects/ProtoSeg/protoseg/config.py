@@ -66,6 +66,9 @@ def add_protoseg_config(cfg):
     # std of the truncated normal that initialises the prototypes before l2-normalisation
     # (reference code; reference issue #19 asked how prototypes are initialised).
     cfg.MODEL.PROTOSEG.INIT_STD = 0.02
+    # Multi-process training: every SYNC_CHECK_PERIOD iterations, check that the prototypes are
+    # bit-identical on all ranks (stop with an error if not). 0 disables the check.
+    cfg.MODEL.PROTOSEG.SYNC_CHECK_PERIOD = 100
 
     # ---- the parametric baselines (same decoder, learned classifier) -------------------------
     cfg.MODEL.PARAMETRIC = CN()
@@ -90,6 +93,10 @@ def add_protoseg_config(cfg):
     cfg.SOLVER.OPTIMIZER = "SGD"
     # Metric that selects the best checkpoint (model_best.pth) at each evaluation; "" disables.
     cfg.SOLVER.BEST_CHECKPOINT_METRIC = "sem_seg/mIoU"
+    # A step whose loss is NaN/Inf is skipped (parameters, optimizer state and prototypes left
+    # unchanged, a warning logged); training stops with FloatingPointError after this many
+    # consecutive such steps. 0: stop at the first (Detectron2's behaviour).
+    cfg.SOLVER.NONFINITE_SKIP_LIMIT = 10
 
     # ---- keys owned by their modules -----------------------------------------------------------
     add_backbone_config(cfg)

@@ -1,10 +1,16 @@
 """Trainer hooks of the project."""
+import hashlib
 import logging
 
+import torch
+
 from detectron2.engine import HookBase
+from detectron2.utils import comm
 from detectron2.utils.comm import is_main_process
 
-__all__ = ["PrototypeStatisticsHook"]
+from ..modeling.prototype_memory import PrototypeMemory
+
+__all__ = ["PrototypeStatisticsHook", "PrototypeSyncCheckHook", "prototype_fingerprint"]
 
 
 def find_prototype_heads(model):
@@ -36,3 +42,39 @@ class PrototypeStatisticsHook(HookBase):
                 self.trainer.storage.put_scalars(**stats, smoothing_hint=False)
                 text = "  ".join(f"{k}: {v:.4f}" for k, v in stats.items())
                 logging.getLogger("protoseg").info("iter: %d  %s", self.trainer.iter, text)
+
+
+def prototype_fingerprint(prototypes: torch.Tensor) -> str:
+    """SHA-256 of the bytes of a prototype buffer (C, K, D): equal iff bit-identical."""
+    return hashlib.sha256(prototypes.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+class PrototypeSyncCheckHook(HookBase):
+    """Multi-process training: every ``period`` iterations (and at the last one), checks that every
+    prototype memory of the model is bit-identical on all ranks, and stops training with an error
+    naming the iteration and the ranks if not.
+
+    Detectron2's DDP does not broadcast buffers; the head keeps the prototypes in step by all-reducing
+    its update statistics, so a divergence means a bug or a broken process group, and every later
+    iteration would train against different prototypes on different GPUs. The check costs one
+    device-to-host copy of the buffers and one all-gather of a few hashes per ``period`` iterations.
+    """
+
+    def __init__(self, period: int = 100):
+        self._period = period
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if comm.get_world_size() == 1 or self._period <= 0:
+            return
+        if next_iter % self._period != 0 and next_iter != self.trainer.max_iter:
+            return
+        mine = [prototype_fingerprint(m.prototypes) for m in self.trainer.model.modules() if isinstance(m, PrototypeMemory)]
+        everyone = comm.all_gather(mine)
+        if any(other != everyone[0] for other in everyone):
+            differing = [rank for rank, other in enumerate(everyone) if other != everyone[0]]
+            raise RuntimeError(
+                f"prototype memory differs across processes after iteration {self.trainer.iter}: ranks "
+                f"{differing} differ from rank 0. The head all-reduces its prototype updates, so this is "
+                f"a bug or a broken process group; resume from the last checkpoint (--resume) and report it"
+            )

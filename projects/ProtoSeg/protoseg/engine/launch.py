@@ -1,0 +1,83 @@
+"""Multi-process launch on GPUs and on CPUs.
+
+Detectron2 v0.6's ``launch`` requires CUDA (NCCL, ``torch.cuda.set_device``) and its
+``create_ddp_model`` passes ``device_ids=[local_rank]``, which DistributedDataParallel refuses for a
+CPU model. :func:`launch` is Detectron2's on a machine with CUDA and otherwise starts the same
+workers with the gloo backend (as later Detectron2 does); :func:`create_ddp_model` is Detectron2's
+with ``device_ids`` left out for CPU models. Same arguments as Detectron2's, so
+``train_net.py --num-gpus N`` means N processes per machine on either kind of machine.
+"""
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from detectron2.engine import create_ddp_model as d2_create_ddp_model
+from detectron2.engine import launch as d2_launch
+from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
+from detectron2.utils import comm
+
+__all__ = ["launch", "create_ddp_model"]
+
+
+def launch(
+    main_func,
+    num_processes_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = None,
+    args=(),
+    timeout=DEFAULT_TIMEOUT,
+):
+    """Run ``main_func(*args)`` in ``num_processes_per_machine`` processes on each of
+    ``num_machines`` machines (Detectron2's ``launch`` semantics; ``dist_url`` "auto" picks a free
+    local port for one machine). GPUs: Detectron2's launch (NCCL). No CUDA: gloo processes, each
+    with ``cpu_count // num_processes_per_machine`` intra-op threads."""
+    if torch.cuda.is_available():
+        return d2_launch(main_func, num_processes_per_machine, num_machines, machine_rank, dist_url, args, timeout)
+    world_size = num_machines * num_processes_per_machine
+    if world_size == 1:
+        return main_func(*args)
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT of machine 0")
+        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+    if not dist_url:
+        raise ValueError("a multi-machine launch needs --dist-url tcp://HOST:PORT (machine 0's address)")
+    mp.spawn(
+        _cpu_worker,
+        nprocs=num_processes_per_machine,
+        args=(main_func, world_size, num_processes_per_machine, machine_rank, dist_url, args, timeout),
+        daemon=False,
+    )
+
+
+def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout):
+    """One gloo process: the process groups Detectron2's ``comm`` expects, then ``main_func``."""
+    global_rank = machine_rank * per_machine + local_rank
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_machine))
+    try:
+        dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout)
+    except Exception:
+        logging.getLogger(__name__).error("process group URL: %s", dist_url)
+        raise
+    for machine in range(world_size // per_machine):
+        group = dist.new_group(list(range(machine * per_machine, (machine + 1) * per_machine)))
+        if machine == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+    try:
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """Detectron2's ``create_ddp_model``; for a CPU model, DDP without ``device_ids``."""
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs.pop("fp16_compression", None)
+        return DistributedDataParallel(model, **kwargs)
+    return d2_create_ddp_model(model, **kwargs)
