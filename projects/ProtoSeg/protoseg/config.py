@@ -91,6 +91,12 @@ def add_protoseg_config(cfg):
     # "SGD" (FCN, HRNet in the paper) or "ADAMW" (Swin, SegFormer). Poly schedule: set
     # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR" and SOLVER.POLY_LR_POWER (DeepLab's keys).
     cfg.SOLVER.OPTIMIZER = "SGD"
+    # Weight decay of position embeddings and relative position bias tables (Swin); mmseg's Swin
+    # recipe: 0. (Normalisation layers: Detectron2's SOLVER.WEIGHT_DECAY_NORM.)
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Learning-rate multiplier of every parameter outside the backbone (decoder, classifier, aux
+    # head); mmseg's SegFormer recipe: 10 ("head": lr_mult 10).
+    cfg.SOLVER.HEAD_LR_MULTIPLIER = 1.0
     # Metric that selects the best checkpoint (model_best.pth) at each evaluation; "" disables.
     cfg.SOLVER.BEST_CHECKPOINT_METRIC = "sem_seg/mIoU"
     # A step whose loss is NaN/Inf is skipped (parameters, optimizer state and prototypes left

@@ -10,12 +10,20 @@ __all__ = ["build_optimizer", "build_lr_scheduler"]
 
 OPTIMIZERS = ("SGD", "ADAMW")
 
+#: parameter names (last component) that get ``SOLVER.WEIGHT_DECAY_EMBED``: Swin's absolute
+#: position embedding and relative position bias tables (timm's names)
+EMBEDDING_PARAMETER_NAMES = ("absolute_pos_embed", "relative_position_bias_table", "pos_embed")
+
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SGD (momentum, nesterov) or AdamW over the model's parameters, from ``cfg.SOLVER``.
 
     The prototype memory is a buffer, so it is never in the optimizer and gets no weight decay.
-    Normalisation layers use ``SOLVER.WEIGHT_DECAY_NORM``.
+    Normalisation layers (BN, LayerNorm, ...) use ``SOLVER.WEIGHT_DECAY_NORM``; position
+    embeddings and relative position bias tables (Swin) ``SOLVER.WEIGHT_DECAY_EMBED``; every
+    parameter outside ``model.backbone`` has its learning rate multiplied by
+    ``SOLVER.HEAD_LR_MULTIPLIER`` (the mmsegmentation rules of the paper's Swin and SegFormer
+    recipes: ``paramwise_cfg`` of ``upernet_swin_*`` and ``segformer_mit-b*`` configs).
     """
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name not in OPTIMIZERS:
@@ -27,7 +35,13 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        overrides={name: {"weight_decay": cfg.SOLVER.WEIGHT_DECAY_EMBED} for name in EMBEDDING_PARAMETER_NAMES},
     )
+    if cfg.SOLVER.HEAD_LR_MULTIPLIER != 1.0:
+        backbone = {id(p) for p in getattr(model, "backbone", torch.nn.Module()).parameters()}
+        for group in params:
+            if not any(id(p) in backbone for p in group["params"]):
+                group["lr"] = group["lr"] * cfg.SOLVER.HEAD_LR_MULTIPLIER
     if name == "SGD":
         optim_cls, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
     else:
