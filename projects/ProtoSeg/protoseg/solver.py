@@ -38,10 +38,7 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         overrides={name: {"weight_decay": cfg.SOLVER.WEIGHT_DECAY_EMBED} for name in EMBEDDING_PARAMETER_NAMES},
     )
     if cfg.SOLVER.HEAD_LR_MULTIPLIER != 1.0:
-        backbone = {id(p) for p in getattr(model, "backbone", torch.nn.Module()).parameters()}
-        for group in params:
-            if not any(id(p) in backbone for p in group["params"]):
-                group["lr"] = group["lr"] * cfg.SOLVER.HEAD_LR_MULTIPLIER
+        params = split_head_groups(params, model, cfg.SOLVER.HEAD_LR_MULTIPLIER)
     if name == "SGD":
         optim_cls, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
     else:
@@ -49,6 +46,21 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     return maybe_add_gradient_clipping(cfg, optim_cls)(
         params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs
     )
+
+
+def split_head_groups(groups, model: torch.nn.Module, lr_multiplier: float):
+    """Split each parameter group into its backbone and non-backbone parameters (Detectron2 merges
+    groups with equal hyper-parameters) and multiply the non-backbone ones' lr by ``lr_multiplier``."""
+    backbone = {id(p) for p in getattr(model, "backbone", torch.nn.Module()).parameters()}
+    split = []
+    for group in groups:
+        inside = [p for p in group["params"] if id(p) in backbone]
+        outside = [p for p in group["params"] if id(p) not in backbone]
+        if inside:
+            split.append({**group, "params": inside})
+        if outside:
+            split.append({**group, "params": outside, "lr": group["lr"] * lr_multiplier})
+    return split
 
 
 def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
