@@ -1,5 +1,5 @@
 """FCN decoder (Long et al.; the paper's FCN rows use mmsegmentation's FCNHead on a dilated ResNet)."""
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -12,14 +12,18 @@ from .build import DECODER_REGISTRY
 __all__ = ["FCNDecoder"]
 
 
-def conv_norm_relu(in_channels: int, out_channels: int, norm: str, kernel_size: int = 3) -> nn.Module:
-    """kxk conv (no bias) -> norm -> ReLU, 'same' padding."""
+def conv_norm_relu(
+    in_channels: int, out_channels: int, norm: str, kernel_size: int = 3, bias: Optional[bool] = None
+) -> nn.Module:
+    """kxk conv -> norm -> ReLU, 'same' padding. The conv has a bias only without norm, unless
+    ``bias`` says otherwise (the reference HRNet head has both). Submodules: the conv's
+    ``weight``/``bias``, ``norm``."""
     return Conv2d(
         in_channels,
         out_channels,
         kernel_size,
         padding=kernel_size // 2,
-        bias=not norm,
+        bias=not norm if bias is None else bias,
         norm=get_norm(norm, out_channels),
         activation=nn.ReLU(inplace=True),
     )

@@ -23,14 +23,28 @@ class DecoderClassifierHead(nn.Module):
     and may add losses in :meth:`auxiliary_losses`. Follows Detectron2's head contract: in training,
     returns ``(None, dict of named scalar losses)``; in inference ``(logits (B, C, H, W) at input
     resolution, {})``.
+
+    An optional ``aux_head`` (mmseg's auxiliary FCN head, ``decoders/auxiliary.py``) reads the
+    backbone features in training only and adds its weighted CE as ``loss_aux``. Every head has it
+    through this class, the ProtoSeg head included: the paper's ProtoSeg models keep it (their
+    parameter counts are the baseline's minus only the C-way classifier).
     """
 
-    def __init__(self, decoder: nn.Module, *, num_classes: int, ignore_value: int, loss_weight: float = 1.0):
+    def __init__(
+        self,
+        decoder: nn.Module,
+        *,
+        num_classes: int,
+        ignore_value: int,
+        loss_weight: float = 1.0,
+        aux_head: Optional[nn.Module] = None,
+    ):
         super().__init__()
         self.decoder = decoder
         self.num_classes = num_classes
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
+        self.aux_head = aux_head
 
     def classify(self, embedding: torch.Tensor, targets: Optional[torch.Tensor] = None):
         """(B, D, h, w) embedding (and, in training, the (B, H, W) labels) -> ((B, C, h, w) class
@@ -56,4 +70,6 @@ class DecoderClassifierHead(nn.Module):
         upsampled = F.interpolate(scores, size=targets.shape[-2:], mode="bilinear", align_corners=False)
         losses = {"loss_ce": self.loss_weight * masked_cross_entropy(upsampled, targets, self.ignore_value)}
         losses.update(self.auxiliary_losses(scores, extras, targets))
+        if self.aux_head is not None:
+            losses["loss_aux"] = self.aux_head(features, targets)
         return None, losses

@@ -6,7 +6,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..decoders import build_decoder
+from ..decoders import build_auxiliary_head, build_decoder
 from .base import DecoderClassifierHead
 
 __all__ = ["ParametricSegHead"]
@@ -35,6 +35,7 @@ class ParametricSegHead(DecoderClassifierHead):
             "num_prototypes": cfg.MODEL.PARAMETRIC.NUM_PROTOTYPES,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
+            "aux_head": build_auxiliary_head(cfg, input_shape),
         }
 
     def classify(self, embedding: torch.Tensor, targets=None):

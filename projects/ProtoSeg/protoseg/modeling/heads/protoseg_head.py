@@ -8,7 +8,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..decoders import build_decoder
+from ..decoders import build_auxiliary_head, build_decoder
 from ..losses import ppc_loss_from_parts, ppd_loss_from_parts
 from ..prototype_scores import prototype_scores
 from ..prototype_memory import PrototypeMemory
@@ -52,14 +52,18 @@ class ProtoSegHead(DecoderClassifierHead):
         feature_layernorm: bool = True,
         projection: str = "none",
         chunk_size: int = 0,
+        aux_head: Optional[nn.Module] = None,
     ):
         """
         Args:
             decoder: module with ``out_channels`` (D) and ``out_stride``, features -> (B, D, h, w).
             memory: the prototype memory, (C, K, D) with D = decoder.out_channels.
+            aux_head: optional auxiliary FCN head (training only, ``loss_aux``), see the base class.
             Other arguments: the MODEL.PROTOSEG keys of the same name (see config.py).
         """
-        super().__init__(decoder, num_classes=num_classes, ignore_value=ignore_value, loss_weight=loss_weight)
+        super().__init__(
+            decoder, num_classes=num_classes, ignore_value=ignore_value, loss_weight=loss_weight, aux_head=aux_head
+        )
         dim = decoder.out_channels
         if memory.dim != dim or memory.num_classes != num_classes:
             raise ValueError(f"prototype memory {memory.extra_repr()} does not fit C={num_classes}, D={dim}")
@@ -116,6 +120,7 @@ class ProtoSegHead(DecoderClassifierHead):
             "feature_layernorm": p.FEATURE_LAYERNORM,
             "projection": p.PROJECTION,
             "chunk_size": p.CHUNK_SIZE,
+            "aux_head": build_auxiliary_head(cfg, input_shape),
         }
 
     def embed(self, embedding: torch.Tensor) -> torch.Tensor:
