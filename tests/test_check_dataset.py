@@ -1,0 +1,114 @@
+"""protoseg/data/validation.py and tools/check_dataset.py: each kind of bad file found, all in one run."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detectron2.data import DatasetCatalog
+
+from protoseg.data.datasets import register_folder_dataset
+from protoseg.data.labels import LabelMapError
+from protoseg.data.validation import check_dataset_dict, check_sem_seg_sample, scan_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+TOOL = REPO / "tools" / "check_dataset.py"
+CLASSES = ["sky", "tree", "road"]
+
+
+def _save(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _image(path, h=6, w=8):
+    _save(path, np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def bad_folder(tmp_path):
+    """img/ + lab/ with one good sample and one of each kind of bad file."""
+    good = np.array([[0, 1, 2, 255, 0, 1, 2, 0]] * 6, np.uint8)
+    for stem in ("good", "truncated", "mismatch", "bad_ids", "rgb_label"):
+        _image(tmp_path / "img" / f"{stem}.jpg")
+        _save(tmp_path / "lab" / f"{stem}.png", good)
+    data = (tmp_path / "img" / "truncated.jpg").read_bytes()
+    (tmp_path / "img" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    _save(tmp_path / "lab" / "mismatch.png", good[:5])
+    bad = good.copy()
+    bad[0, :3] = 7
+    _save(tmp_path / "lab" / "bad_ids.png", bad)
+    _save(tmp_path / "lab" / "rgb_label.png", np.zeros((6, 8, 3), np.uint8))
+    return tmp_path
+
+
+def _by_file(problems):
+    return {(Path(p.path).name, p.kind) for p in problems}
+
+
+def test_check_dataset_dict_kinds(bad_folder):
+    register_folder_dataset("bad_folder_ds", bad_folder / "img", bad_folder / "lab", CLASSES)
+    problems = scan_dataset("bad_folder_ds")
+    assert _by_file(problems) == {
+        ("truncated.jpg", "truncated_image"),
+        ("mismatch.png", "size_mismatch"),
+        ("bad_ids.png", "invalid_label_ids"),
+        ("rgb_label.png", "unreadable_label"),
+        ("bad_folder_ds", "class_list_mismatch"),
+    }
+    msg = {p.kind: p.message for p in problems}
+    assert "[7]" in msg["invalid_label_ids"] and "pixel counts {7: 3}" in msg["invalid_label_ids"]
+    assert "5x8" in msg["size_mismatch"] and "6x8" in msg["size_mismatch"]
+    assert "up to 7" in msg["class_list_mismatch"] and "3 entries" in msg["class_list_mismatch"]
+    good = {"file_name": str(bad_folder / "img" / "good.jpg"), "sem_seg_file_name": str(bad_folder / "lab" / "good.png")}
+    problems, ids = check_dataset_dict(good, 3, 255)
+    assert problems == [] and ids.tolist() == [0, 1, 2, 255]
+    missing = dict(good, file_name=str(bad_folder / "img" / "nope.jpg"), sem_seg_file_name=str(bad_folder / "nope.png"))
+    assert [p.kind for p in check_dataset_dict(missing, 3, 255)[0]] == ["missing_image", "missing_label"]
+
+
+def test_check_sem_seg_sample():
+    d = {"file_name": "a.jpg", "sem_seg_file_name": "lab/a.png"}
+    labels = np.array([[0, 1], [2, 255]])
+    check_sem_seg_sample((2, 2), labels, d, 3, 255)  # valid: no error
+    with pytest.raises(LabelMapError, match=r"lab/a.png.*\[3\]"):
+        check_sem_seg_sample((2, 2), np.array([[0, 3], [2, 255]]), d, 3, 255)
+    with pytest.raises(LabelMapError, match=r"lab/a.png is 2x2 but image a.jpg is 2x3"):
+        check_sem_seg_sample((2, 3), labels, d, 3, 255)
+    cityscapes = {"file_name": "x_leftImg8bit.png", "sem_seg_file_name": "x_gtFine_labelIds.png"}
+    with pytest.raises(LabelMapError, match="prepare_cityscapes_sem_seg.py"):
+        check_sem_seg_sample((1, 2), np.array([[26, 7]]), cityscapes, 19, 255)
+
+
+def test_tool_reports_everything_at_once(bad_folder, tmp_path):
+    register = tmp_path / "my_datasets.py"
+    register.write_text(
+        "from detectron2.data import DatasetCatalog\n"
+        "from protoseg.data.datasets import register_folder_dataset\n"
+        f"register_folder_dataset('bad_ds', {str(bad_folder / 'img')!r}, {str(bad_folder / 'lab')!r}, {CLASSES!r})\n"
+        f"register_folder_dataset('gone_ds', {str(tmp_path / 'nowhere')!r}, {str(tmp_path / 'nowhere')!r}, {CLASSES!r})\n"
+        "register_folder_dataset('empty_ds', '.', '.', ['a'])\n"
+        "DatasetCatalog.remove('empty_ds'); DatasetCatalog.register('empty_ds', lambda: [])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(TOOL), "bad_ds", "gone_ds", "empty_ds", "--register", str(register),
+         "--num-workers", "2", "--config-file", str(REPO / "configs" / "toy" / "protoseg_r18-d8_fcn_toy.yaml")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert out.returncode == 1, out.stderr
+    text = out.stdout
+    for expected in ("[truncated_image]", "truncated.jpg", "[size_mismatch]", "mismatch.png", "[invalid_label_ids]",
+                     "bad_ids.png", "[unreadable_label]", "rgb_label.png", "[class_list_mismatch] bad_ds",
+                     "[config_mismatch] bad_ds: MODEL.SEM_SEG_HEAD.NUM_CLASSES is 8 but stuff_classes has 3",
+                     "[missing_split] gone_ds", str(tmp_path / "nowhere"), "[empty_split] empty_ds"):
+        assert expected in text, (expected, text)
+    assert "bad_ds: 6 problem(s)" in text
+    assert "good.jpg" not in text and "good.png" not in text
+
+    ok = subprocess.run([sys.executable, str(TOOL), "fine_ds", "--register", str(register)],
+                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert ok.returncode == 1 and "[not_registered] fine_ds" in ok.stdout
+    DatasetCatalog.list()  # the in-process catalog is untouched by the tool

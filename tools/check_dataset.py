@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Scan registered semantic-segmentation datasets and report every bad file at once.
+
+    python tools/check_dataset.py ade20k_sem_seg_train ade20k_sem_seg_val
+    python tools/check_dataset.py --config-file configs/toy/protoseg_r18-d8_fcn_toy.yaml   # its DATASETS
+    python tools/check_dataset.py my_data_train --register my_datasets.py --num-workers 8
+
+Checks: the split exists and is not empty; the metadata has stuff_classes; each image is readable
+and not truncated; each label map is readable, single-channel, of the image's H x W, and holds
+only ids in [0, len(stuff_classes)) or ignore_label (after reduce_zero_label when the dataset asks
+for it); no label id beyond the class list; with --config-file, MODEL.SEM_SEG_HEAD.NUM_CLASSES and
+IGNORE_VALUE agree with the metadata. Prints one line per problem; exit code 1 if any.
+"""
+import argparse
+import runpy
+import sys
+from collections import Counter
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+
+import protoseg  # registers the built-in datasets
+from protoseg.data.validation import DatasetProblem, scan_dataset
+
+
+def config_problems(cfg, name):
+    """Disagreements between the model config and the dataset's metadata."""
+    meta = MetadataCatalog.get(name)
+    problems = []
+    classes = meta.get("stuff_classes", None)
+    head = cfg.MODEL.SEM_SEG_HEAD
+    if classes is not None and head.NUM_CLASSES != len(classes):
+        problems.append(DatasetProblem("config_mismatch", name, f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {head.NUM_CLASSES} "
+                                       f"but stuff_classes has {len(classes)} entries"))
+    if head.IGNORE_VALUE != meta.get("ignore_label", 255):
+        problems.append(DatasetProblem("config_mismatch", name, f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {head.IGNORE_VALUE} "
+                                       f"but the dataset's ignore_label is {meta.get('ignore_label', 255)}"))
+    return problems
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", help="registered dataset names (default: the config's DATASETS)")
+    parser.add_argument("--config-file", help="also check NUM_CLASSES / IGNORE_VALUE of this config")
+    parser.add_argument("--register", action="append", default=[],
+                        help="python file run first, to register custom datasets (repeatable)")
+    parser.add_argument("--num-workers", type=int, default=0, help="worker processes (default: none)")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides KEY VALUE ... (last on the command line)")
+    args = parser.parse_args(argv)
+    for path in args.register:
+        runpy.run_path(path, run_name="__check_dataset__")
+    cfg = None
+    if args.config_file:
+        cfg = get_cfg()
+        protoseg.add_protoseg_config(cfg)
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    names = args.names or (list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) if cfg is not None else [])
+    if not names:
+        parser.error("give dataset names or --config-file")
+
+    all_problems = []
+    for name in names:
+        problems = scan_dataset(name, num_workers=args.num_workers)
+        if cfg is not None and not any(p.kind in ("not_registered", "missing_split") for p in problems):
+            problems += config_problems(cfg, name)
+        print(f"{name}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        for p in problems:
+            print(f"  {p}")
+        all_problems += problems
+    if all_problems:
+        counts = Counter(p.kind for p in all_problems)
+        print("summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 1 if all_problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
