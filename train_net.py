@@ -5,12 +5,13 @@
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/to/model.pth
     python train_net.py --config-file CONFIG --resume              # continue from last_checkpoint
     python train_net.py --config-file CONFIG --num-gpus 8          # one machine, 8 GPUs
+    python train_net.py --config-file CONFIG --num-gpus 2 MODEL.DEVICE cpu   # no GPU: 2 gloo processes
     python train_net.py --config-file CONFIG --num-gpus 8 --num-machines 2 --machine-rank 0 \
         --dist-url tcp://HOST:PORT                                 # and --machine-rank 1 on the other
 """
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
-from protoseg.engine import Trainer, evaluate_checkpoint, setup_cfg
+from protoseg.engine import Trainer, evaluate_checkpoint, launch, setup_cfg
 
 
 def main(args):

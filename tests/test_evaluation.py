@@ -147,3 +147,110 @@ def test_trainer_test_writes_the_report(trained_toy_checkpoint, tmp_path):
     off = conf[:8, :8] - np.diag(np.diag(conf[:8, :8]))
     true, pred, pixels = classes.index(pairs[0][0]), classes.index(pairs[0][1]), int(pairs[0][2])
     assert pixels == off.max() == off[pred, true]
+
+
+# ---- scale: 16-bit ground truth, reduce_zero_label, no per-image predictions kept -------------------
+
+ADE_FULL = 847  # ADE20K-Full's classes; its label maps are 16-bit with ignore 65535
+ADE_FULL_IGNORE = 65535
+
+
+def register_label_dataset(name, tmp_path, labels, ignore, num_classes, **record_extra):
+    """Registers ``labels`` (list of (H, W) int arrays, written as 16-bit PNGs) as dataset ``name``."""
+    records = []
+    for i, gt in enumerate(labels):
+        path = tmp_path / f"{name}_{i}.png"
+        Image.fromarray(np.asarray(gt).astype(np.uint16)).save(path)
+        records.append({"file_name": f"{name}_{i}.jpg", "sem_seg_file_name": str(path), "image_id": i, **record_extra})
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(stuff_classes=[f"c{i}" for i in range(num_classes)], ignore_label=ignore,
+                                  evaluator_type="sem_seg")
+    return name
+
+
+@pytest.fixture
+def registered():
+    names = []
+    yield names
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def one_hot_scores(pred, num_classes):
+    """(H, W) ids -> (C, H, W) scores whose argmax is ``pred``."""
+    return torch.nn.functional.one_hot(torch.as_tensor(pred), num_classes).permute(2, 0, 1).float()
+
+
+def test_847_classes_16bit_ground_truth_confusion(tmp_path, registered):
+    gt = np.array([[300, 300, 846], [0, ADE_FULL_IGNORE, 846]])
+    pred = np.array([[300, 846, 846], [0, 300, 5]])
+    name = register_label_dataset("ade_full_eval_test", tmp_path, [gt], ADE_FULL_IGNORE, ADE_FULL)
+    registered.append(name)
+    evaluator = SemSegReportEvaluator(name, distributed=False)
+    evaluator.reset()
+    evaluator.process([{"file_name": f"{name}_0.jpg"}], [{"sem_seg": one_hot_scores(pred, ADE_FULL)}])
+    conf = evaluator._conf_matrix
+    assert conf.dtype == np.int64 and conf.shape == (ADE_FULL + 1, ADE_FULL + 1)
+    expected = np.zeros_like(conf)  # [pred, true], ignore in the last column
+    expected[300, 300], expected[846, 300], expected[846, 846], expected[5, 846] = 1, 1, 1, 1
+    expected[0, 0], expected[300, ADE_FULL] = 1, 1
+    np.testing.assert_array_equal(conf, expected)
+    res = evaluator.evaluate()["sem_seg"]
+    assert res["IoU-c300"] == pytest.approx(100 / 2) and res["IoU-c846"] == pytest.approx(100 / 3)
+    assert res["IoU-c0"] == 100.0 and math.isnan(res["IoU-c5"])
+
+
+def test_ids_that_are_neither_class_nor_ignore_raise_naming_the_file(tmp_path, registered):
+    name = register_label_dataset("bad_ids_eval_test", tmp_path, [np.array([[1, 900]])], ADE_FULL_IGNORE, ADE_FULL)
+    registered.append(name)
+    evaluator = SemSegReportEvaluator(name, distributed=False)
+    evaluator.reset()
+    scores = one_hot_scores(np.zeros((1, 2), int), ADE_FULL)
+    with pytest.raises(ValueError, match=r"bad_ids_eval_test_0\.png.*900"):
+        evaluator.process([{"file_name": f"{name}_0.jpg"}], [{"sem_seg": scores}])
+
+
+def test_reduce_zero_label_is_applied_to_the_ground_truth(tmp_path, registered):
+    gt = np.array([[0, 1, 2, 3]])  # 0: unlabelled; c -> c - 1
+    pred = np.array([[2, 0, 1, 1]])
+    name = register_label_dataset("rzl_eval_test", tmp_path, [gt], 255, 3, sem_seg_reduce_zero_label=True)
+    registered.append(name)
+    evaluator = SemSegReportEvaluator(name, distributed=False)
+    evaluator.reset()
+    evaluator.process([{"file_name": f"{name}_0.jpg"}], [{"sem_seg": one_hot_scores(pred, 3)}])
+    expected = np.zeros((4, 4), dtype=np.int64)
+    expected[2, 3], expected[0, 0], expected[1, 1], expected[1, 2] = 1, 1, 1, 1
+    np.testing.assert_array_equal(evaluator._conf_matrix, expected)
+
+
+def test_predictions_are_kept_only_when_saved(tmp_path, registered):
+    import tracemalloc
+
+    rng = np.random.RandomState(0)
+    labels = [rng.randint(0, ADE_FULL, (32, 32)) for _ in range(100)]
+    name = register_label_dataset("stream_eval_test", tmp_path, labels, ADE_FULL_IGNORE, ADE_FULL)
+    registered.append(name)
+    preds = [one_hot_scores(rng.randint(0, ADE_FULL, (32, 32)), ADE_FULL) for _ in range(100)]
+
+    streaming = SemSegReportEvaluator(name, distributed=False)
+    streaming.reset()
+    tracemalloc.start()
+    for i, scores in enumerate(preds):
+        streaming.process([{"file_name": f"{name}_{i}.jpg"}], [{"sem_seg": scores}])
+        if i == 9:
+            after_10 = tracemalloc.get_traced_memory()[0]
+    after_100 = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert streaming._predictions == []
+    assert after_100 - after_10 < 100_000  # flat: no per-image state (~600 RLE dicts per image otherwise)
+    assert streaming._conf_matrix.sum() == 100 * 32 * 32
+
+    saving = SemSegReportEvaluator(name, distributed=False, output_dir=str(tmp_path / "saved"))
+    saving.reset()
+    for i, scores in enumerate(preds[:3]):
+        saving.process([{"file_name": f"{name}_{i}.jpg"}], [{"sem_seg": scores}])
+    expected = sum(len(np.unique(p.argmax(0).numpy())) for p in preds[:3])
+    assert len(saving._predictions) == expected and max(p["category_id"] for p in saving._predictions) > 255
+    saving.evaluate()
+    assert (tmp_path / "saved" / "sem_seg_predictions.json").is_file()

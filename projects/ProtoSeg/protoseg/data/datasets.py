@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from . import toy_scenes
+from .labels import REDUCE_ZERO_LABEL_KEY
 
 __all__ = [
     "datasets_root",
@@ -27,7 +28,6 @@ __all__ = [
 PathLike = Union[str, Path]
 
 #: dataset-dict key telling the mapper and evaluator to apply ``labels.reduce_zero_label``
-REDUCE_ZERO_LABEL_KEY = "sem_seg_reduce_zero_label"
 
 
 def datasets_root() -> Path:

@@ -10,7 +10,17 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
-__all__ = ["LabelMapError", "read_label_map", "reduce_zero_label", "check_label_values"]
+__all__ = [
+    "REDUCE_ZERO_LABEL_KEY",
+    "LabelMapError",
+    "read_label_map",
+    "reduce_zero_label",
+    "check_label_values",
+    "check_label_range",
+]
+
+#: dataset-dict key: True when the label map stores "unlabelled" as 0 and class c as c + 1
+REDUCE_ZERO_LABEL_KEY = "sem_seg_reduce_zero_label"
 
 #: PIL modes that store one integer id per pixel
 _ID_MODES = {"L", "P", "I", "I;16", "I;16B", "I;16L"}
@@ -77,3 +87,10 @@ def check_label_values(
             f"[0, {num_classes}) nor the ignore value {ignore_value}; check MODEL.SEM_SEG_HEAD.NUM_CLASSES "
             f"and IGNORE_VALUE against the dataset's class list, or whether the labels need reduce_zero_label"
         )
+
+
+def check_label_range(labels: np.ndarray, num_classes: int, ignore_value: int, source=None) -> None:
+    """:func:`check_label_values` at the cost of a min/max when every id is a class id; the full
+    check (one ``np.unique``) runs only when some id is outside [0, num_classes) (e.g. ignore)."""
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        check_label_values(labels, num_classes, ignore_value, source)

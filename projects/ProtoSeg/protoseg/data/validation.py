@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .datasets import REDUCE_ZERO_LABEL_KEY
+from .labels import REDUCE_ZERO_LABEL_KEY
 from .labels import LabelMapError, check_label_values, read_label_map, reduce_zero_label
 
 __all__ = ["DatasetProblem", "check_dataset_dict", "check_sem_seg_sample", "check_dataset_summary", "scan_dataset"]

@@ -1,4 +1,15 @@
-from .hooks import PrototypeStatisticsHook
-from .trainer import Trainer, build_train_augmentation, evaluate_checkpoint, setup_cfg
+from .hooks import PrototypeStatisticsHook, PrototypeSyncCheckHook
+from .launch import create_ddp_model, launch
+from .train_loop import ProtoSegTrainLoop
+from .trainer import Trainer, evaluate_checkpoint, setup_cfg
 
-__all__ = ["PrototypeStatisticsHook", "Trainer", "build_train_augmentation", "evaluate_checkpoint", "setup_cfg"]
+__all__ = [
+    "PrototypeStatisticsHook",
+    "PrototypeSyncCheckHook",
+    "ProtoSegTrainLoop",
+    "Trainer",
+    "create_ddp_model",
+    "evaluate_checkpoint",
+    "launch",
+    "setup_cfg",
+]

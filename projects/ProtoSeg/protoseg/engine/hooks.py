@@ -71,7 +71,12 @@ class PrototypeSyncCheckHook(HookBase):
             return
         mine = [prototype_fingerprint(m.prototypes) for m in self.trainer.model.modules() if isinstance(m, PrototypeMemory)]
         everyone = comm.all_gather(mine)
-        if any(other != everyone[0] for other in everyone):
+        if all(other == everyone[0] for other in everyone):
+            level = logging.INFO if next_iter == self.trainer.max_iter else logging.DEBUG
+            logging.getLogger("protoseg").log(
+                level, "iter: %d  prototypes bit-identical on all %d processes", self.trainer.iter, len(everyone)
+            )
+        else:
             differing = [rank for rank, other in enumerate(everyone) if other != everyone[0]]
             raise RuntimeError(
                 f"prototype memory differs across processes after iteration {self.trainer.iter}: ranks "

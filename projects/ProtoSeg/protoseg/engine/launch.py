@@ -69,10 +69,7 @@ def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, di
         if machine == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
     comm.synchronize()
-    try:
-        main_func(*args)
-    finally:
-        dist.destroy_process_group()
+    main_func(*args)
 
 
 def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:

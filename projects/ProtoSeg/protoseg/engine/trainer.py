@@ -1,24 +1,29 @@
 """The training and evaluation loop: Detectron2's ``DefaultTrainer`` with the project's loader,
 optimizer, schedule, evaluator, per-class report, prototype statistics and best checkpoint."""
+import functools
 import logging
 import os
 import weakref
 from collections import OrderedDict
+from unittest import mock
 
 from detectron2.config import get_cfg
-from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_train_loader
-from detectron2.data import transforms as T
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import ProtoSegCheckpointer
 from ..config import add_protoseg_config
+from ..data.mapper import SemSegDatasetMapper
 from ..evaluation import SemSegReportEvaluator, format_per_class_table
 from ..solver import build_lr_scheduler, build_optimizer
-from .hooks import PrototypeStatisticsHook
+from .hooks import PrototypeStatisticsHook, PrototypeSyncCheckHook
+from .launch import create_ddp_model
+from .train_loop import ProtoSegTrainLoop
 
-__all__ = ["Trainer", "setup_cfg", "build_train_augmentation"]
+__all__ = ["Trainer", "setup_cfg", "evaluate_checkpoint"]
 
 logger = logging.getLogger("protoseg")
 
@@ -26,31 +31,31 @@ logger = logging.getLogger("protoseg")
 _D2_SAVES_OPTIMIZER = "state_dict" in vars(DefaultTrainer)
 
 
-def build_train_augmentation(cfg):
-    """Scale jitter (shortest edge), crop (with a maximum single-class share), horizontal flip."""
-    augs = [
-        T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
-    ]
-    if cfg.INPUT.CROP.ENABLED:
-        augs.append(
-            T.RandomCrop_CategoryAreaConstraint(
-                cfg.INPUT.CROP.TYPE,
-                cfg.INPUT.CROP.SIZE,
-                cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
-                cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            )
-        )
-    augs.append(T.RandomFlip())
-    return augs
-
-
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` for ProtoSeg and its parametric baselines."""
+    """``DefaultTrainer`` for ProtoSeg and its parametric baselines.
+
+    Built as Detectron2's, with two parts swapped in: the training step is
+    :class:`ProtoSegTrainLoop` (skips a non-finite step instead of ending the run; AMP with
+    ``SOLVER.AMP.ENABLED``) and the DDP wrapper is :func:`create_ddp_model`, which also works for
+    CPU processes (gloo).
+    """
+
+    def __init__(self, cfg):
+        train_loop = functools.partial(
+            ProtoSegTrainLoop, amp=cfg.SOLVER.AMP.ENABLED, skip_limit=cfg.SOLVER.NONFINITE_SKIP_LIMIT
+        )
+        with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model), mock.patch.object(
+            d2_defaults, "SimpleTrainer", train_loop
+        ), mock.patch.object(d2_defaults, "AMPTrainer", train_loop):
+            super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):
-        mapper = DatasetMapper(cfg, is_train=True, augmentations=build_train_augmentation(cfg))
-        return build_detection_train_loader(cfg, mapper=mapper)
+        return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=SemSegDatasetMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -75,7 +80,7 @@ class Trainer(DefaultTrainer):
             self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         hook_list = super().build_hooks()
-        extra = [PrototypeStatisticsHook(period=20)]
+        extra = [PrototypeStatisticsHook(period=20), PrototypeSyncCheckHook(self.cfg.MODEL.PROTOSEG.SYNC_CHECK_PERIOD)]
         if self.cfg.SOLVER.BEST_CHECKPOINT_METRIC and self.cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
             extra.append(
                 hooks.BestCheckpointer(

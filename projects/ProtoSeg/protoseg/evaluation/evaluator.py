@@ -1,4 +1,5 @@
-"""Detectron2's ``SemSegEvaluator`` that also writes a report of each evaluation."""
+"""Detectron2's ``SemSegEvaluator`` made to scale (16-bit ground truth, no per-image predictions
+kept unless they are saved) that also writes a report of each evaluation."""
 import logging
 import os
 from collections import Counter
@@ -6,9 +7,12 @@ from typing import Optional
 
 import numpy as np
 
+from detectron2.data import DatasetCatalog
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
 
+from ..data.labels import LabelMapError, read_label_map, reduce_zero_label
+from ..data.labels import REDUCE_ZERO_LABEL_KEY, check_label_range
 from .report import (
     confused_pairs,
     format_confused_pairs_table,
@@ -26,8 +30,18 @@ REPORT_FILES = ("per_class_iou.csv", "per_class_iou.png", "confusion_matrix.npy"
 
 
 class SemSegReportEvaluator(SemSegEvaluator):
-    """``SemSegEvaluator`` (metrics unchanged) that, after its ``evaluate()``, writes into
-    ``report_dir`` (main process only):
+    """``SemSegEvaluator`` (metrics unchanged) that streams and reports.
+
+    :meth:`process` differs from Detectron2 v0.6's in what it reads and keeps: the ground truth is
+    read with :func:`read_label_map` (8- or 16-bit, e.g. ADE20K-Full's 847 ids with ignore 65535;
+    Detectron2 reads it with PIL as is), with :func:`reduce_zero_label` where the dataset dict has
+    ``"sem_seg_reduce_zero_label": True``; an id that is neither a class nor the dataset's
+    ``ignore_label`` is an error naming the file (Detectron2's bincount would silently count it in
+    another cell, or fail); the per-image RLE encodings (``_predictions``) are kept only when
+    ``output_dir`` is given (they are written to ``sem_seg_predictions.json``), so memory stays flat
+    over the dataset otherwise. The confusion matrix is int64 (C+1) x (C+1), predictions int64.
+
+    After its ``evaluate()``, it writes into ``report_dir`` (main process only):
 
     * ``per_class_iou.csv``: ``class,IoU,ACC`` and one row per class (percent, ``nan`` for a
       class absent from the ground truth);
@@ -51,11 +65,51 @@ class SemSegReportEvaluator(SemSegEvaluator):
         top_confusions: int = 20,
     ):
         super().__init__(dataset_name, distributed=distributed, output_dir=output_dir)
+        self._reduce_zero_label = {
+            record["file_name"]: bool(record.get(REDUCE_ZERO_LABEL_KEY, False))
+            for record in DatasetCatalog.get(dataset_name)
+        }
         self._report_dir = report_dir
         self._top_confusions = top_confusions
         duplicates = [n for n, k in Counter(self._class_names).items() if k > 1]
         if duplicates:
             logger.warning("%s: repeated class names %s share one entry in the metrics", dataset_name, duplicates[:5])
+
+    def read_ground_truth(self, file_name: str) -> np.ndarray:
+        """The (H, W) int64 ground truth of input ``file_name``, ignore mapped to ``num_classes``."""
+        gt_file = self.input_file_to_gt_file[file_name]
+        gt = read_label_map(gt_file)
+        if self._reduce_zero_label.get(file_name, False):
+            gt = reduce_zero_label(gt, self._ignore_label)
+        check_label_range(gt, self._num_classes, self._ignore_label, gt_file)
+        gt[gt == self._ignore_label] = self._num_classes
+        return gt
+
+    def process(self, inputs, outputs):
+        """
+        Args:
+            inputs: model inputs, each with "file_name".
+            outputs: each with "sem_seg": (C, H, W) scores at the ground truth's size.
+        """
+        size = self._num_classes + 1
+        for input, output in zip(inputs, outputs):
+            scores = output["sem_seg"]
+            if scores.shape[0] != self._num_classes:
+                raise ValueError(
+                    f"{input['file_name']}: the model gives {scores.shape[0]} class scores, the dataset "
+                    f"{self._dataset_name} has {self._num_classes} classes"
+                )
+            pred = scores.argmax(dim=0).to(self._cpu_device).numpy().astype(np.int64, copy=False)
+            gt = self.read_ground_truth(input["file_name"])
+            if pred.shape != gt.shape:
+                raise LabelMapError(
+                    f"prediction of {input['file_name']} is {pred.shape} (H, W) but its ground truth "
+                    f"{self.input_file_to_gt_file[input['file_name']]} is {gt.shape}"
+                )
+            counts = np.bincount(size * pred.reshape(-1) + gt.reshape(-1), minlength=size * size)
+            self._conf_matrix += counts.reshape(size, size).astype(np.int64, copy=False)
+            if self._output_dir:
+                self._predictions.extend(self.encode_json_sem_seg(pred, input["file_name"]))
 
     def evaluate(self):
         results = super().evaluate()

@@ -8,6 +8,7 @@ optimizer and gets no weight decay. It is written only inside :meth:`PrototypeMe
 from typing import Dict, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -69,6 +70,21 @@ class PrototypeMemory(nn.Module):
         if self.normalized:
             protos = F.normalize(protos, dim=-1)
         self.register_buffer("prototypes", protos)
+        # whether the prototypes are known to be the same on every process (see broadcast_)
+        self.synchronized = False
+
+    @torch.no_grad()
+    def broadcast_(self, src: int = 0) -> None:
+        """Copy rank ``src``'s prototypes to every process (a no-op without a process group).
+
+        Needed once at the start of multi-process training: each rank initialises its prototypes
+        with its own random seed, and DistributedDataParallel with ``broadcast_buffers=False``
+        (Detectron2's setting) does not copy buffers at construction in current PyTorch. After it,
+        the all-reduced updates keep the ranks bit-identical. Collective: every rank must call it.
+        """
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(self.prototypes, src)
+        self.synchronized = True
 
     @property
     def normalized(self) -> bool:

@@ -141,6 +141,8 @@ class ProtoSegHead(DecoderClassifierHead):
     def classify(self, embedding: torch.Tensor, targets: Optional[torch.Tensor] = None):
         b, _, h, w = embedding.shape
         x = self.embed(embedding)
+        if targets is not None and not self.memory.synchronized:
+            self.memory.broadcast_()  # first training step: one set of prototypes on all ranks
         learn = targets is not None and self._prototype_learning_active()
         if learn:
             labels = resize_labels(targets, (h, w)).flatten()  # (N,)

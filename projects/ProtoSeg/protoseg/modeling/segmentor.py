@@ -1,0 +1,191 @@
+"""The meta-architecture: Detectron2's ``SemanticSegmentor`` with the test protocols of the paper
+(Sec. 5.1: whole image with the short side resized for ADE20K / COCO-Stuff, sliding window for
+Cityscapes) and optional multi-scale + flip test-time augmentation."""
+import logging
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from detectron2.config import configurable
+from detectron2.data import transforms as T
+from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+
+__all__ = ["ProtoSegSemanticSegmentor", "sliding_windows"]
+
+logger = logging.getLogger("protoseg")
+
+
+def sliding_windows(
+    height: int, width: int, size: Tuple[int, int], stride: Tuple[int, int]
+) -> List[Tuple[int, int, int, int]]:
+    """Windows ``(y0, y1, x0, x1)`` over an (height, width) image, as mmseg's ``slide_inference``:
+    a grid of ``stride`` steps, the last row/column shifted back to end at the border, windows
+    clipped to the image where it is smaller than ``size``. Every pixel is in at least one window
+    when ``stride <= size``."""
+    (win_h, win_w), (step_h, step_w) = size, stride
+    rows = max(height - win_h + step_h - 1, 0) // step_h + 1
+    cols = max(width - win_w + step_w - 1, 0) // step_w + 1
+    boxes = []
+    for i in range(rows):
+        for j in range(cols):
+            y1, x1 = min(i * step_h + win_h, height), min(j * step_w + win_w, width)
+            boxes.append((max(y1 - win_h, 0), y1, max(x1 - win_w, 0), x1))
+    return boxes
+
+
+@META_ARCH_REGISTRY.register()
+class ProtoSegSemanticSegmentor(SemanticSegmentor):
+    """``SemanticSegmentor`` (training unchanged) whose inference runs, per image:
+
+    * "whole": Detectron2's (the batch padded to ``backbone.size_divisibility``), when neither
+      sliding window nor TTA is on;
+    * "slide": windows of ``window_size`` every ``window_stride`` (:func:`sliding_windows`), each
+      through the backbone and ``sem_seg_head`` (``window_batch_size`` windows per pass), the logits
+      of overlapping windows averaged. An image smaller than the window is padded at the
+      bottom/right with 0 after normalisation (the pixel mean) and the logits cropped back;
+    * TTA: for every short side of ``test_min_sizes`` (0: the image as given) and, with
+      ``test_flip``, its horizontal flip, the logits (whole or slide, flipped back) are resized to
+      the output size and turned into softmax probabilities, which are averaged (as mmseg's
+      ``aug_test``).
+
+    Output, as Detectron2's: ``[{"sem_seg": (C, height, width)}]`` with ``height``/``width`` of the
+    input dict (the original image size; default: the image tensor's), logits without TTA,
+    probabilities with TTA.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        sliding_window: bool = False,
+        window_size: Tuple[int, int] = (768, 768),
+        window_stride: Tuple[int, int] = (512, 512),
+        window_batch_size: int = 4,
+        test_min_sizes: Sequence[int] = (),
+        test_max_size: int = 4000,
+        test_flip: bool = False,
+        **kwargs,
+    ):
+        """
+        Args:
+            sliding_window: "slide" rather than "whole" inference.
+            window_size, window_stride: (height, width) of a window and of a step between windows.
+            window_batch_size: windows per forward pass (bounds memory on large images).
+            test_min_sizes: TTA short sides (long side at most ``test_max_size``); empty: one pass
+                at the input's size.
+            test_flip: TTA with the horizontal flip of every scale.
+            kwargs: ``SemanticSegmentor``'s (backbone, sem_seg_head, pixel_mean, pixel_std).
+        """
+        super().__init__(**kwargs)
+        window_size, window_stride = tuple(window_size), tuple(window_stride)
+        if sliding_window and not all(0 < s <= w for s, w in zip(window_stride, window_size)):
+            raise ValueError(
+                f"TEST.SLIDING_WINDOW.STRIDE {window_stride} must be positive and at most SIZE {window_size}, "
+                f"or some pixels are in no window"
+            )
+        if window_batch_size < 1:
+            raise ValueError(f"TEST.SLIDING_WINDOW.BATCH_SIZE must be >= 1, got {window_batch_size}")
+        self.sliding_window = sliding_window
+        self.window_size, self.window_stride = window_size, window_stride
+        self.window_batch_size = window_batch_size
+        self.test_min_sizes = tuple(test_min_sizes)
+        self.test_max_size = test_max_size
+        self.test_flip = test_flip
+        logger.info("Test protocol: %s", self.test_protocol)
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        window, aug = cfg.TEST.SLIDING_WINDOW, cfg.TEST.AUG
+        ret.update(
+            sliding_window=window.ENABLED,
+            window_size=tuple(window.SIZE),
+            window_stride=tuple(window.STRIDE),
+            window_batch_size=window.BATCH_SIZE,
+            test_min_sizes=tuple(aug.MIN_SIZES) if aug.ENABLED else (),
+            test_max_size=aug.MAX_SIZE,
+            test_flip=aug.ENABLED and aug.FLIP,
+        )
+        return ret
+
+    @property
+    def uses_tta(self) -> bool:
+        return bool(self.test_min_sizes) or self.test_flip
+
+    @property
+    def test_protocol(self) -> str:
+        """e.g. "SS whole", "MS (384, 512)+flip slide 768x768 stride 512x512": label results with it."""
+        mode = "whole"
+        if self.sliding_window:
+            mode = "slide {}x{} stride {}x{}".format(*self.window_size, *self.window_stride)
+        scales = f"MS {self.test_min_sizes}" if len(self.test_min_sizes) > 1 else "SS"
+        return f"{scales}{'+flip' if self.test_flip else ''} {mode}"
+
+    def forward(self, batched_inputs: List[Dict]):
+        if self.training or not (self.sliding_window or self.uses_tta):
+            return super().forward(batched_inputs)
+        return [{"sem_seg": self.inference_one(x)} for x in batched_inputs]
+
+    def inference_one(self, batched_input: Dict) -> torch.Tensor:
+        """One input dict ("image": (3, H, W), optional "height"/"width") -> (C, height, width)."""
+        image = batched_input["image"].to(self.device).float()
+        h, w = image.shape[-2:]
+        out_size = (batched_input.get("height", h), batched_input.get("width", w))
+        if not self.uses_tta:
+            return sem_seg_postprocess(self.predict_logits(self._normalize(image)), (h, w), *out_size)
+        min_sizes, flips = self.test_min_sizes or (0,), (False, True) if self.test_flip else (False,)
+        probs = None
+        for min_size in min_sizes:
+            scaled = self._resize_short_side(image, min_size)
+            for flip in flips:
+                logits = self.predict_logits(self._normalize(scaled.flip(-1) if flip else scaled))
+                logits = sem_seg_postprocess(logits.flip(-1) if flip else logits, logits.shape[-2:], *out_size)
+                p = logits.softmax(dim=0)
+                probs = p if probs is None else probs.add_(p)
+        return probs / (len(min_sizes) * len(flips))
+
+    def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Normalised (3, H, W) -> (C, H, W) logits, by the whole image or sliding window."""
+        if self.sliding_window:
+            return self._slide_logits(image)
+        return self._head_logits([image])[0]
+
+    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
+        return (image - self.pixel_mean) / self.pixel_std
+
+    def _resize_short_side(self, image: torch.Tensor, min_size: int) -> torch.Tensor:
+        if min_size == 0:
+            return image
+        size = T.ResizeShortestEdge.get_output_shape(*image.shape[-2:], min_size, self.test_max_size)
+        if size == tuple(image.shape[-2:]):
+            return image
+        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+    def _head_logits(self, images: List[torch.Tensor]) -> torch.Tensor:
+        """Normalised images of one size (3, h, w) -> (B, C, h, w) logits (padded to the backbone's
+        size divisibility for the forward, cropped back)."""
+        h, w = images[0].shape[-2:]
+        batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        logits, _ = self.sem_seg_head(self.backbone(batch.tensor), None)
+        return logits[:, :, :h, :w]
+
+    def _slide_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Normalised (3, H, W) -> (C, H, W): windows' logits summed, divided by the window count."""
+        h, w = image.shape[-2:]
+        win_h, win_w = self.window_size
+        image = F.pad(image, (0, max(win_w - w, 0), 0, max(win_h - h, 0)))
+        height, width = image.shape[-2:]
+        boxes = sliding_windows(height, width, self.window_size, self.window_stride)
+        logits, count = None, image.new_zeros((1, height, width))
+        for start in range(0, len(boxes), self.window_batch_size):
+            chunk = boxes[start : start + self.window_batch_size]
+            out = self._head_logits([image[:, y0:y1, x0:x1] for y0, y1, x0, x1 in chunk])
+            if logits is None:
+                logits = out.new_zeros((out.shape[1], height, width))
+            for window_logits, (y0, y1, x0, x1) in zip(out, chunk):
+                logits[:, y0:y1, x0:x1] += window_logits
+                count[:, y0:y1, x0:x1] += 1
+        return (logits / count)[:, :h, :w]
