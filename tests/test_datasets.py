@@ -50,6 +50,23 @@ def restore_builtin_registration():
     builtin.register_all_builtin(datasets_root())
 
 
+def train_and_evaluate(datasets, config, out, *opts):
+    """One training iteration and an evaluation through train_net.py (a fresh process, as a user
+    runs it) on the prepared data under ``datasets``, with a small MiT-B0 model on the CPU."""
+    small = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.MIT.VARIANT", "b0", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+             "MODEL.SEM_SEG_HEAD.NORM", "BN", "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2",
+             "SOLVER.WARMUP_ITERS", "0", "INPUT.CROP.SIZE", "(32, 32)", "INPUT.SCALE_JITTER.BASE_SIZE", "(64, 32)",
+             "INPUT.MIN_SIZE_TEST", "32", "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0",
+             "MODEL.PROTOSEG.NUM_PROTOTYPES", "2", "OUTPUT_DIR", str(out)]
+    cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(REPO / "configs" / config), *small, *opts]
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    log = (out / "log.txt").read_text()
+    assert "Per-class results on" in log and "mIoU" in log
+    return log
+
+
 def labels_of(name):
     return {Path(d["file_name"]).name: read_label_map(d["sem_seg_file_name"]) for d in DatasetCatalog.get(name)}
 
@@ -72,6 +89,7 @@ def test_ade20k_150(tmp_path):
     assert (len(meta.stuff_classes), meta.ignore_label, meta.evaluator_type) == (150, 255, "sem_seg")
     assert meta.stuff_classes[:3] == ["wall", "building", "sky"]
     assert len({tuple(c) for c in meta.stuff_colors}) == 150
+    train_and_evaluate(tmp_path, "ade20k/protoseg_segformer_MiT-B0_bs16_160k.yaml", tmp_path / "run")
 
     # an annotation with an id above 150 is refused, naming the file and the id
     save_png(root / "annotations" / "validation" / "ADE_val_00000001.png", np.full((3, 4), 151, np.uint8))
@@ -104,6 +122,11 @@ def test_cityscapes(tmp_path):
     assert meta.evaluator_type == "sem_seg" and meta.ignore_label == 255
     assert meta.stuff_classes == [trainId2label[i].name for i in range(19)]
     assert meta.stuff_colors[13] == list(trainId2label[13].color) == [0, 0, 142]
+    # sliding-window evaluation on the full-resolution image (windows larger than the image)
+    log = train_and_evaluate(tmp_path, "cityscapes/protoseg_segformer_MiT-B4_bs8_160k.yaml", tmp_path / "run",
+                             "INPUT.MIN_SIZE_TEST", "0", "TEST.SLIDING_WINDOW.SIZE", "(32, 32)",
+                             "TEST.SLIDING_WINDOW.STRIDE", "(16, 16)")
+    assert "slide 32x32 stride 16x16" in log
 
     save_png(root / "gtFine" / "val" / "frankfurt" / "frankfurt_000000_000010_gtFine_labelIds.png",
              np.full((2, 5), 40, np.uint8))
@@ -156,6 +179,7 @@ def test_coco_stuff_10k(tmp_path):
     assert train["COCO_train2014_000000000077.jpg"][0].tolist() == [255, 0, 255, 11, 80, 170]
     meta = MetadataCatalog.get("coco_stuff_10k_sem_seg_test")
     assert len(meta.stuff_classes) == 171 and meta.stuff_classes[11] == "stop sign" and meta.ignore_label == 255
+    train_and_evaluate(tmp_path, "coco_stuff_10k/segformer_MiT-B4_bs16_80k.yaml", tmp_path / "run")
 
     savemat(root / "annotations" / "COCO_train2014_000000000079.mat", {"labels": raw})
     err = prepare("prepare_coco_stuff_10k_sem_seg.py", root, expect_ok=False).stderr
@@ -271,6 +295,9 @@ def test_ade20k_full_labels(ade20k_full):
     for d in DatasetCatalog.get("ade20k_full_300_sem_seg_train"):
         assert check_dataset_dict(d, 300, 65535)[0] == []
     assert "stuff_classes" not in MetadataCatalog.get("ade20k_full_847_sem_seg_train").as_dict()
+    # 16-bit labels (ids up to 299, ignore 65535) through the mapper, the head and the evaluator
+    log = train_and_evaluate(base, "ade20k_full/protoseg_segformer_MiT-B2_300cls_bs16_40k.yaml", base / "run300")
+    assert "Per-class results on ade20k_full_300_sem_seg_val" in log
 
 
 def test_missing_dataset_errors(tmp_path):
