@@ -5,7 +5,7 @@ Usage (from the repository root; nothing needs to be installed except numpy and 
 
     python datasets/prepare_toy_scenes.py                      # -> $DETECTRON2_DATASETS/toy_scenes
     python datasets/prepare_toy_scenes.py --num-classes 40 --looks-per-class 2 \\
-        --root datasets/toy_scenes_c40
+        --root datasets/toy_scenes_c40 --image-size 96 96
 
 ``DETECTRON2_DATASETS`` defaults to ``datasets`` (relative to the current directory), as in
 Detectron2. Output::
@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     parser.add_argument("--looks-per-class", type=int, default=d.looks_per_class)
     parser.add_argument("--num-train", type=int, default=d.num_train)
     parser.add_argument("--num-val", type=int, default=d.num_val)
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=list(d.image_size))
+    parser.add_argument("--image-size", "--size", dest="size", type=int, nargs=2, metavar=("H", "W"),
+                        default=list(d.image_size), help="image height and width (default %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of the scenes")
     parser.add_argument("--look-seed", type=int, default=None,
                         help="seed of the look table (default: --seed)")
