@@ -1,4 +1,5 @@
 """Shared fixtures: configs of the toy model, and a small toy-scenes dataset generated once."""
+import socket
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,27 @@ def toy_cfg(name: str = "protoseg_r18-d8_fcn_toy.yaml", opts=()):
     cfg.merge_from_file(str(TOY_CONFIGS / name))
     cfg.merge_from_list(list(opts))
     return cfg
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_in_processes(target, world: int, *args, timeout: float = 600):
+    """Run ``target(rank, world, port, *args)`` in ``world`` spawned processes (they can join a
+    gloo group on 127.0.0.1:port) and wait for all; each must exit with 0."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(rank, world, port, *args)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=timeout)
+        assert p.exitcode == 0, f"rank process exited with {p.exitcode}"
 
 
 def random_batch(n=2, size=64, num_classes=8, ignore=255, seed=0):

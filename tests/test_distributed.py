@@ -4,26 +4,18 @@ Detectron2 wraps models in DDP with ``broadcast_buffers=False``: nothing synchro
 prototype buffers but the head itself (all-reduced Sinkhorn marginals and prototype sums).
 """
 import os
-import socket
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from detectron2.modeling import build_model
 
 from protoseg.modeling import PrototypeMemory, sinkhorn_knopp
 
-from conftest import random_batch, toy_cfg
+from conftest import random_batch, run_in_processes, toy_cfg
 
 WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory_trajectory(rank: int, world: int, steps: int = 4):
@@ -85,14 +77,7 @@ def _worker(rank, world, port, out_dir):
 
 
 def run_two_processes(out_dir):
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, WORLD, port, str(out_dir))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=600)
-        assert p.exitcode == 0, f"rank process exited with {p.exitcode}"
+    run_in_processes(_worker, WORLD, str(out_dir))
     return {r: torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)}
 
 

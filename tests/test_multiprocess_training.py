@@ -7,22 +7,21 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from protoseg.engine.hooks import PrototypeSyncCheckHook
 from protoseg.modeling import PrototypeMemory
 
-from conftest import REPO
-from test_distributed import free_port
+from conftest import REPO, run_in_processes
 
 WORLD = 2
 
 
-def _sync_check_worker(rank, port, perturb, out_dir):
+def _sync_check_worker(rank, world, port, perturb, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         memory = PrototypeMemory(3, 2, 4)
@@ -44,14 +43,7 @@ def _sync_check_worker(rank, port, perturb, out_dir):
 
 
 def run_sync_check(tmp_path, perturb):
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_sync_check_worker, args=(r, port, perturb, str(tmp_path))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
+    run_in_processes(_sync_check_worker, WORLD, perturb, str(tmp_path), timeout=300)
     return [(tmp_path / f"rank{r}.txt").read_text() for r in range(WORLD)]
 
 
@@ -93,6 +85,5 @@ def test_train_net_on_two_cpu_processes_then_evaluate_on_one_and_two(toy_dataset
     one, two = per_class_rows(tmp_path / "eval1"), per_class_rows(tmp_path / "eval2")
     assert len(one) == 1 + 8 and one == two
     base = tmp_path / "eval{}" / "inference" / "toy_scenes_sem_seg_val" / "confusion_matrix.npy"
-    import numpy as np
     cm1, cm2 = np.load(str(base).format(1)), np.load(str(base).format(2))
     assert cm1.sum() > 0 and np.array_equal(cm1, cm2)

@@ -7,7 +7,8 @@
     python tools/run_study.py objective --config-file configs/ade20k/<real config>.yaml \\
         --jobs 1 --threads 8 --num-gpus 1 --output-dir output/study_ade20k
     python tools/run_study.py vocabulary --config-file <real config> \\
-        --vocabulary-datasets ade20k_full_150_train,ade20k_full_150_val,150 ...
+        --vocabulary-datasets ade20k_sem_seg_train,ade20k_sem_seg_val,150 \\
+        ade20k_full_300_sem_seg_train,ade20k_full_300_sem_seg_val,300 ...
 
 Every (variant, seed) is one run of train_net.py's main in its own process and OUTPUT_DIR
 (``<output-dir>/runs/<config hash>/seed<N>``); finished runs are detected from their
@@ -45,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2: one per core)")
     p.add_argument("--threads", type=int, default=1, help="OMP/torch threads per run (default 1)")
     p.add_argument("--num-gpus", type=int, default=1, help="train_net.py --num-gpus of each run")
-    p.add_argument("--vocabulary-sizes", type=int, nargs="+", default=[10, 40, 160],
+    p.add_argument("--vocabulary-sizes", type=int, nargs="+", default=[4, 8, 16],
                    help="toy class counts of the vocabulary study")
     p.add_argument("--paper-classes", type=int, nargs="+", default=[150, 500, 847],
                    help="Table 4 columns set beside the toy vocabularies, in the same order")

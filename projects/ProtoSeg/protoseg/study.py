@@ -130,7 +130,7 @@ class StudyContext:
     base_cfg: object  # merged base config (CfgNode), before the variant overrides
     toy: bool = True
     quick: bool = False
-    vocabulary_sizes: Sequence[int] = (10, 40, 160)
+    vocabulary_sizes: Sequence[int] = (4, 8, 16)
     vocabulary_datasets: Sequence[Tuple[str, str, int]] = ()  # real data: (train, val, classes)
     paper_classes: Sequence[int] = (150, 500, 847)  # toy vocabulary i <-> Table 4 column i
     data_root: Optional[Path] = None
