@@ -28,6 +28,7 @@ from detectron2.data.detection_utils import convert_image_to_rgb, read_image
 from detectron2.utils.logger import setup_logger
 
 import protoseg  # noqa: F401  (registers the model parts and datasets)
+from protoseg.data.labels import read_label_map
 from protoseg.visualization import (
     build_cfg,
     class_index,
@@ -87,7 +88,7 @@ def run_maps(args):
             label_path = os.path.join(args.label_dir, stem + ".png")
             if not os.path.isfile(label_path):
                 raise FileNotFoundError(f"no label map {label_path} for {path}")
-            labels = np.asarray(Image.open(label_path), dtype=np.int64)
+            labels = read_label_map(label_path)
         out = embed_image(model, cfg, image)
         maps = compute_class_maps(out, memory, class_id, labels)
         rgb = convert_image_to_rgb(image, cfg.INPUT.FORMAT)

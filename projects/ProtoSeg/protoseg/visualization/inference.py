@@ -26,6 +26,7 @@ from detectron2.structures import ImageList
 
 from ..checkpoint import ProtoSegCheckpointer
 from ..config import add_protoseg_config
+from ..data.labels import REDUCE_ZERO_LABEL_KEY, read_label_map, reduce_zero_label
 
 __all__ = [
     "InputInfo",
@@ -201,15 +202,18 @@ def labels_to_grid(labels: np.ndarray, info: InputInfo, ignore_value: int = 255)
     return F.interpolate(padded, size=info.grid_size, mode="nearest")[0, 0].long().numpy()
 
 
-def read_dataset_sample(dataset_dict: dict, input_format: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Image (H, W, 3) uint8 in ``input_format`` and label map (H, W) int64 (None without
-    ``sem_seg_file_name``) of a Detectron2 dataset dict."""
+def read_dataset_sample(
+    dataset_dict: dict, input_format: str, ignore_value: int = 255
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Image (H, W, 3) uint8 in ``input_format`` and label map (H, W) int64, 8 or 16 bits, with
+    the dataset's reduce_zero_label applied (None without ``sem_seg_file_name``) of a Detectron2
+    dataset dict."""
     image = detection_utils.read_image(dataset_dict["file_name"], format=input_format)
     labels = None
     if dataset_dict.get("sem_seg_file_name"):
-        labels = detection_utils.read_image(dataset_dict["sem_seg_file_name"]).astype(np.int64)
-        if labels.ndim == 3:
-            labels = labels[:, :, 0]
+        labels = read_label_map(dataset_dict["sem_seg_file_name"])
+        if dataset_dict.get(REDUCE_ZERO_LABEL_KEY, False):
+            labels = reduce_zero_label(labels, ignore_value)
     return image, labels
 
 
@@ -220,7 +224,7 @@ def labelled_cell_embeddings(model, cfg, dataset_dicts: Sequence[dict]) -> Itera
     embedding grid (labels in [0, NUM_CLASSES); ignore and padding dropped)."""
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     for d in dataset_dicts:
-        image, labels = read_dataset_sample(d, cfg.INPUT.FORMAT)
+        image, labels = read_dataset_sample(d, cfg.INPUT.FORMAT, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
         if labels is None:
             raise ValueError(f"{d['file_name']} has no label map (sem_seg_file_name)")
         out = embed_image(model, cfg, image)
