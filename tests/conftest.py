@@ -1,4 +1,5 @@
 """Shared fixtures: configs of the toy model, and a small toy-scenes dataset generated once."""
+import os
 import socket
 from pathlib import Path
 
@@ -29,6 +30,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_then_exit(rank, target, world, port, *args):
+    target(rank, world, port, *args)
+    # The results are on disk. Leave without interpreter teardown: gloo's destructors can abort
+    # at exit ("terminate called without an active exception"), now and then, after all work is done.
+    os._exit(0)
+
+
 def run_in_processes(target, world: int, *args, timeout: float = 600):
     """Run ``target(rank, world, port, *args)`` in ``world`` spawned processes (they can join a
     gloo group on 127.0.0.1:port) and wait for all; each must exit with 0."""
@@ -36,7 +44,7 @@ def run_in_processes(target, world: int, *args, timeout: float = 600):
 
     ctx = mp.get_context("spawn")
     port = free_port()
-    procs = [ctx.Process(target=target, args=(rank, world, port, *args)) for rank in range(world)]
+    procs = [ctx.Process(target=_run_then_exit, args=(rank, target, world, port, *args)) for rank in range(world)]
     for p in procs:
         p.start()
     for p in procs:
