@@ -424,7 +424,9 @@ def bench_step(C, args) -> Dict[str, object]:
     }
 
 
-def build_toy_model(config: str, C: int, args):
+def build_bench_model(head: str, C: int, args):
+    """The model of (c) with ``head`` ("ParametricSegHead" or "ProtoSegHead") and C classes: the toy
+    config by default, or ``--model-config`` (e.g. a paper config; random weights), eval mode."""
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -432,8 +434,9 @@ def build_toy_model(config: str, C: int, args):
 
     cfg = get_cfg()
     protoseg.add_protoseg_config(cfg)
-    cfg.merge_from_file(str(TOY_CONFIGS / config))
-    opts = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", C, "MODEL.DEVICE", args.device]
+    cfg.merge_from_file(args.model_config or str(TOY_CONFIGS / "parametric_r18-d8_fcn_toy.yaml"))
+    opts = ["MODEL.SEM_SEG_HEAD.NAME", head, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", C, "MODEL.DEVICE", args.device,
+            "MODEL.WEIGHTS", ""]
     if args.model_dim:
         opts += ["MODEL.SEM_SEG_HEAD.CONVS_DIM", args.model_dim]
     cfg.merge_from_list(opts + list(args.model_opts))
@@ -443,8 +446,8 @@ def build_toy_model(config: str, C: int, args):
 
 def bench_inference(C, args) -> Dict[str, object]:
     """(c) for one C: whole model and head alone, ProtoSeg vs parametric baseline."""
-    proto_model, cfg = build_toy_model("protoseg_r18-d8_fcn_toy.yaml", C, args)
-    base_model, _ = build_toy_model("parametric_r18-d8_fcn_toy.yaml", C, args)
+    proto_model, cfg = build_bench_model("ProtoSegHead", C, args)
+    base_model, _ = build_bench_model("ParametricSegHead", C, args)
     g = torch.Generator().manual_seed(args.seed)
     s = args.image_size
     inputs = [{"image": (torch.rand(3, s, s, generator=g) * 255).to(args.device)} for _ in range(args.images)]
@@ -476,6 +479,7 @@ def bench_inference(C, args) -> Dict[str, object]:
         "D": decoder.out_channels,
         "images": args.images,
         "image_size": s,
+        "model_name": args.model_config or "toy dilated ResNet-18 (stride 8) + FCN decoder",
         "head_pixels": args.images * h * h,
         "parameters": params,
         "model": model_t,
@@ -584,7 +588,7 @@ def print_table(res: Dict[str, object]) -> None:
     if inf:
         i0 = inf[0]
         print(f"\n(c) inference, eval + no_grad, {i0['images']} images {i0['image_size']}x{i0['image_size']}, "
-              f"toy dilated ResNet-18 (stride 8) + FCN decoder D={i0['D']}, {i0['head_pixels']} head pixels (ms, median / min)")
+              f"{i0['model_name']}, D={i0['D']}, {i0['head_pixels']} head pixels (ms, median / min)")
         print(f"{'C':>5} | {'parametric model':>19} | {'ProtoSeg model':>19} | {'ratio':>6} | {'parametric head':>19} | "
               f"{'ProtoSeg head':>19} | {'ratio':>6} | params parametric / ProtoSeg")
         for r in inf:
@@ -654,6 +658,8 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=None, help="(c) images per batch (default 2)")
     p.add_argument("--image-size", type=int, default=None, help="(c) square image side (CPU 256, CUDA 512)")
     p.add_argument("--model-dim", type=int, default=None, help="(c) decoder width CONVS_DIM (default: --dim)")
+    p.add_argument("--model-config", default="", help="(c) a config (e.g. configs/ade20k/segformer_MiT-B4_bs16_160k.yaml) "
+                   "whose model is compared with ProtoSegHead and ParametricSegHead; default: the toy model")
     p.add_argument("--model-opts", nargs="*", default=[], help="(c) extra config KEY VALUE pairs for both models")
     p.add_argument("--memory-classes", type=int, default=847, help="(d) C of the peak-memory measurement")
     p.add_argument("--chunk-size", type=int, default=1024, help="(d) pixels per chunk of the memory-bounded step")
