@@ -9,6 +9,7 @@ with ``device_ids`` left out for CPU models. Same arguments as Detectron2's, so
 """
 import logging
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -70,6 +71,14 @@ def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, di
             comm._LOCAL_PROCESS_GROUP = group
     comm.synchronize()
     main_func(*args)
+    # Every rank is done and its files are written. Leave without interpreter teardown: gloo's
+    # destructors can abort at exit ("terminate called without an active exception", seen now and
+    # then on 2-process CPU runs), which would report a finished run as crashed.
+    comm.synchronize()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
