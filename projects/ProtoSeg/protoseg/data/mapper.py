@@ -307,8 +307,12 @@ class SemSegDatasetMapper:
         image_format: str,
         num_classes: int,
         ignore_value: int,
+        load_labels: bool = True,
     ):
+        """``load_labels`` False: test-time mapping without ``sem_seg`` (the evaluator reads and
+        checks the ground truth at full resolution itself, so the loader need not read it too)."""
         self.is_train = is_train
+        self.load_labels = load_labels or is_train
         self.augmentations = T.AugmentationList(list(augmentations))
         self.image_format = image_format
         self.num_classes = num_classes
@@ -317,9 +321,10 @@ class SemSegDatasetMapper:
         logger.info(f"[SemSegDatasetMapper] Augmentations used in {mode}: {list(augmentations)}")
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True):
+    def from_config(cls, cfg, is_train: bool = True, load_labels: bool = True):
         return {
             "is_train": is_train,
+            "load_labels": load_labels,
             "augmentations": build_train_augmentation(cfg) if is_train else build_test_augmentation(cfg),
             "image_format": cfg.INPUT.FORMAT,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
@@ -352,7 +357,7 @@ class SemSegDatasetMapper:
         image = self.read_image(dataset_dict["file_name"])
         utils.check_image_size(dataset_dict, image)
         labels = None
-        if "sem_seg_file_name" in dataset_dict:
+        if "sem_seg_file_name" in dataset_dict and self.load_labels:
             labels = self.read_labels(dataset_dict, image.shape[:2])
             dataset_dict.pop("sem_seg_file_name")
         elif self.is_train:

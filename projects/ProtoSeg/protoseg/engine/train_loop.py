@@ -12,6 +12,7 @@ see ``PrototypeMemory.update``), the step is counted in the
 """
 import logging
 import time
+from typing import Dict, List
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -47,9 +48,12 @@ class ProtoSegTrainLoop(SimpleTrainer):
         self.consecutive_skips = 0
         self.total_skips = 0
         prototypes = {id(b) for m in model.modules() if isinstance(m, PrototypeMemory) for b in m.buffers()}
-        # buffers a forward pass updates (BN statistics and counters); not the prototypes, which
-        # guard their own update
-        self.statistics_buffers = [b for b in model.buffers() if id(b) not in prototypes]
+        # buffers a forward pass updates (BN statistics and counters), grouped by dtype so that a
+        # snapshot is one concatenation per dtype; not the prototypes, which guard their own update
+        self.statistics_buffers: Dict[torch.dtype, List[torch.Tensor]] = {}
+        for b in model.buffers():
+            if id(b) not in prototypes:
+                self.statistics_buffers.setdefault(b.dtype, []).append(b)
         if isinstance(model, DistributedDataParallel) and model.device_ids and len(model.device_ids) > 1:
             raise ValueError("one process per device: DDP with several device_ids is not supported")
 
@@ -59,7 +63,7 @@ class ProtoSegTrainLoop(SimpleTrainer):
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
-        saved_statistics = [b.clone() for b in self.statistics_buffers]
+        saved_statistics = self._snapshot_statistics()
         with torch.autocast(self.device_type, enabled=self.amp, dtype=torch.bfloat16 if self.device_type == "cpu" else None):
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
@@ -80,9 +84,17 @@ class ProtoSegTrainLoop(SimpleTrainer):
             else:
                 self.optimizer.step()
         else:
-            for buffer, saved in zip(self.statistics_buffers, saved_statistics):
-                buffer.copy_(saved)
+            self._restore_statistics(saved_statistics)
             self._skip(loss_dict)
+
+    def _snapshot_statistics(self) -> Dict[torch.dtype, torch.Tensor]:
+        """The statistics buffers as one flat copy per dtype (a kernel each, not one per buffer)."""
+        return {dtype: torch.cat([b.reshape(-1) for b in bufs]) for dtype, bufs in self.statistics_buffers.items()}
+
+    def _restore_statistics(self, saved: Dict[torch.dtype, torch.Tensor]) -> None:
+        for dtype, bufs in self.statistics_buffers.items():
+            for buffer, value in zip(bufs, saved[dtype].split([b.numel() for b in bufs])):
+                buffer.copy_(value.view_as(buffer))
 
     def _finite_everywhere(self, losses: torch.Tensor) -> bool:
         """Whether the loss is finite on every process (one host sync, as Detectron2's own metric
