@@ -60,3 +60,49 @@ def test_chunked_head_trains_like_unchunked():
     assert l0 == pytest.approx(l1, rel=1e-5)
     assert torch.allclose(g0, g1, atol=1e-6, rtol=1e-4)
     assert torch.allclose(p0, p1, atol=1e-6)
+
+
+def test_argmax_over_k_in_row_blocks_takes_the_first_of_tied_prototypes(monkeypatch):
+    """The class maximum's index is found in row blocks (here 3 rows each); with tied prototypes
+    the gradient of the class score goes to the first, as torch.max's does."""
+    import protoseg.modeling.prototype_scores as ps
+
+    monkeypatch.setattr(ps, "_ARGMAX_BLOCK_ELEMENTS", 3 * 4 * 5)
+    torch.manual_seed(0)
+    C, K, D, N = 5, 4, 8, 11
+    protos = F.normalize(torch.randn(C, K, D), dim=-1)
+    protos[:, 2] = protos[:, 1]  # prototypes 1 and 2 of every class are identical
+    x = F.normalize(torch.randn(N, D), dim=1).requires_grad_()
+    scores, _, _ = prototype_scores(x, protos, torch.zeros(N, dtype=torch.long))
+    weights = torch.randn(N, C)
+    (scores * weights).sum().backward()
+    sims = x.detach() @ protos.reshape(C * K, D).t()
+    values, first = sims.view(N, C, K).max(2)
+    assert torch.equal(scores.detach(), values)
+    expected = (weights[:, :, None] * F.one_hot(first, K)).reshape(N, C * K) @ protos.reshape(C * K, D)
+    assert torch.allclose(x.grad, expected, atol=1e-6)
+
+
+def test_a_second_backward_recomputes_the_consumed_buffer():
+    """The unchunked backward reuses the forward's buffer in place; retain_graph still works."""
+    torch.manual_seed(0)
+    protos = F.normalize(torch.randn(4, 3, 6), dim=-1)
+    x = F.normalize(torch.randn(20, 6), dim=1).requires_grad_()
+    scores, own, lse = prototype_scores(x, protos, torch.randint(0, 4, (20,)))
+    loss = scores.sum() + own.sum() + lse.sum()
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    x.grad = None
+    loss.backward()
+    assert torch.allclose(x.grad, first, atol=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean", "huber"])
+def test_nearest_class_scores_equal_the_max_over_the_class_major_similarities(distance):
+    from protoseg.modeling import PrototypeMemory
+
+    torch.manual_seed(0)
+    memory = PrototypeMemory(7, 3, 5, distance=distance)
+    x = torch.randn(30, 5)
+    expected = memory.class_scores(memory.similarity(x))
+    assert torch.equal(memory.nearest_class_scores(x), expected)

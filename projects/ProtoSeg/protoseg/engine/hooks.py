@@ -23,8 +23,9 @@ class PrototypeStatisticsHook(HookBase):
     share of the prototypes of present classes that received pixels) to the event storage, so they
     reach the console, metrics.json and TensorBoard as ``proto/<name>``.
 
-    The head computes them as device tensors inside the step; they are read here, after the step,
-    next to Detectron2's own reading of the losses, so the step itself stays free of host syncs.
+    The share comes from the step as a device tensor and the cosine is computed from the prototypes
+    when read; both are read here, after the step, next to Detectron2's own reading of the losses,
+    so the step itself stays free of host syncs and of work that is only logged.
     """
 
     def __init__(self, period: int = 20):

@@ -62,30 +62,34 @@ def sinkhorn_knopp(
         )
     reduce = _world_reduce if distributed is not False else (lambda t, op=None: t)
     num_protos = scores.shape[1]
+    tiny = torch.finfo(torch.float32).tiny
     with torch.autocast(device_type=scores.device.type, enabled=False):
         scores = scores.detach().float()
         labels = labels.long()
+        # Flat (class, prototype) slot of every entry of the (n, K) matrix: per-class-and-prototype
+        # sums are then 1-D index_add_ calls (on CPU ~4x faster than index_add_ of (n, K) rows).
+        slots = labels[:, None] * num_protos + torch.arange(num_protos, device=scores.device)
         # Per-class shift: the largest score of the class (global over ranks).
         class_max = scores.new_full((num_classes,), float("-inf"))
         class_max.scatter_reduce_(0, labels, scores.amax(dim=1), reduce="amax", include_self=True)
         reduce(class_max, dist.ReduceOp.MAX if dist.is_available() else None)
         class_max = torch.where(torch.isfinite(class_max), class_max, torch.zeros_like(class_max))
-        L = torch.exp((scores - class_max[labels, None]) / kappa)  # (n, K)
+        L = torch.sub(scores, class_max[labels, None]).div_(kappa).exp_()  # (n, K)
 
         # Total mass per class and pixel count per class, reduced together.
         totals = scores.new_zeros((2, num_classes))
         totals[0].index_add_(0, labels, L.sum(dim=1))
         totals[1].index_add_(0, labels, torch.ones_like(labels, dtype=scores.dtype))
         reduce(totals)
-        tiny = torch.finfo(torch.float32).tiny
-        mass, count = totals[0].clamp_min(tiny), totals[1].clamp_min(1.0)
-        L = L / mass[labels, None]
+        count = totals[1].clamp_min(1.0)
+        L.mul_(totals[0].clamp_min(tiny).reciprocal_()[labels, None])
+        pixel_share = count.reciprocal()[labels]  # (n,) 1 / n_c of each pixel's class
         for _ in range(iters):
             # Prototype marginal (rows of Algorithm 1's K x n matrix): sum over the class's pixels.
-            proto_sums = scores.new_zeros((num_classes, num_protos)).index_add_(0, labels, L)
+            proto_sums = scores.new_zeros(num_classes * num_protos).index_add_(0, slots.view(-1), L.view(-1))
             reduce(proto_sums)
-            L = L / proto_sums.clamp_min(tiny)[labels] / num_protos
+            L.mul_(torch.take(proto_sums.clamp_min_(tiny).mul_(num_protos).reciprocal_(), slots))
             # Pixel marginal (columns of Algorithm 1's matrix).
-            L = L / L.sum(dim=1, keepdim=True).clamp_min(tiny) / count[labels, None]
-        L = L * count[labels, None]
+            L.mul_(L.sum(dim=1).clamp_min_(tiny).reciprocal_().mul_(pixel_share)[:, None])
+        L.mul_(count[labels, None])
     return L

@@ -12,6 +12,18 @@ product) :class:`_FusedCosineScores` writes the gradient of all three into one N
 multiplies once by the prototypes. With ``chunk_size`` > 0 it works on ``chunk_size`` pixels at a
 time and recomputes the product in the backward: memory O(chunk_size * C * K) instead of
 O(N * C * K), at the price of one more product.
+
+Layout. Internally the similarity matrix is computed prototype-major, column k*C + c (a (N, K, C)
+view), not class-major c*K + k: the maximum over K is then an elementwise maximum of K contiguous
+(N, C) slices, which vectorises over the classes, where a reduction over an innermost dimension of
+size 10 does not (measured on 2 CPU threads, N = 8192, C = 847: 10 ms against 107 ms for
+``max(dim=-1)`` with indices). Everything returned is in the public class-major order.
+
+Passes. The forward makes, after the product, one pass for the class maximum, one (row-blocked,
+in cache) for its argmax, and three for the PPC log-sum-exp: ``(S - m_i) / tau`` in one fused
+``add``, ``exp_`` and a row sum, where m_i = max_c scores[i, c] is the row maximum, read off the
+class scores for free. The buffer then holds exp((S - m_i) / tau), which is softmax(S / tau) up
+to a per-row factor; the backward scales it in place (one pass) instead of recomputing the softmax.
 """
 from typing import Tuple
 
@@ -19,54 +31,113 @@ import torch
 
 from .distances import pairwise_similarity
 
-__all__ = ["prototype_scores", "own_class_similarities"]
+__all__ = ["prototype_scores", "own_class_similarities", "nearest_prototype_scores"]
+
+# Rows per block in the argmax over K: a (block, K, C) bool/uint8 temporary of at most a few MB.
+_ARGMAX_BLOCK_ELEMENTS = 1 << 23
 
 
 def own_class_similarities(proto_logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(N, C*K) similarities, (N,) labels in [0, C) -> (N, K) similarities to the prototypes of
-    each pixel's own class."""
+    """(N, C*K) similarities (class-major columns c*K + k), (N,) labels in [0, C) -> (N, K)
+    similarities to the prototypes of each pixel's own class."""
     view = proto_logits.view(proto_logits.shape[0], num_classes, -1)
     return view[torch.arange(view.shape[0], device=view.device), labels]
+
+
+def prototype_major(prototypes: torch.Tensor) -> torch.Tensor:
+    """(C, K, D) -> (K*C, D) contiguous copy, row k*C + c = prototype k of class c."""
+    C, K, D = prototypes.shape
+    return prototypes.transpose(0, 1).reshape(K * C, D).clone()
+
+
+def nearest_prototype_scores(
+    x: torch.Tensor, prototypes: torch.Tensor, distance: str = "cosine", huber_delta: float = 0.1
+) -> torch.Tensor:
+    """Eq. 6 at inference: score of class c = similarity to its nearest prototype.
+
+    Args:
+        x: (N, D) embeddings. prototypes: (C, K, D).
+    Returns:
+        (N, C) max_k sim(x_i, p_{c,k}); no (N, C*K) tensor other than the similarities themselves.
+    """
+    C, K, _ = prototypes.shape
+    sims = pairwise_similarity(x, prototype_major(prototypes.to(x.dtype)), distance, huber_delta)
+    return sims.view(-1, K, C).amax(dim=1)
+
+
+def _class_max(view: torch.Tensor, scores: torch.Tensor, best: torch.Tensor) -> None:
+    """Maximum over K of a (n, K, C) view and its first argmax, into scores (n, C) and best (n, C).
+
+    ``torch.max(dim=1)`` with indices does not vectorise over a non-innermost dimension; the index
+    is instead read from the equality with the maximum, in row blocks that stay in cache: weights
+    K-1..0 on the K slices and a maximum over them give the first k attaining the maximum.
+    """
+    n, K, C = view.shape
+    torch.amax(view, dim=1, out=scores)
+    if K > 255:  # uint8 weights; never the case in practice (paper: K = 10)
+        best.copy_(view.argmax(dim=1))
+        return
+    weights = torch.arange(K - 1, -1, -1, dtype=torch.uint8, device=view.device)[None, :, None]
+    rows = max(1, _ARGMAX_BLOCK_ELEMENTS // (K * C))
+    for s in range(0, n, rows):
+        hit = torch.eq(view[s : s + rows], scores[s : s + rows, None, :]).view(torch.uint8).mul_(weights)
+        best[s : s + rows] = (K - 1) - hit.amax(dim=1).long()
 
 
 class _FusedCosineScores(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, protos, labels, num_classes: int, temperature: float, chunk_size: int):
-        n, ck = x.shape[0], protos.shape[0]
-        k = ck // num_classes
+        """x (N, D); protos (K*C, D) prototype-major; labels (N,) in [0, C). Returns scores (N, C),
+        own (N, K) (own-class similarities, k order), lse (N,)."""
+        n, kc = x.shape[0], protos.shape[0]
+        C, K = num_classes, kc // num_classes
         step = chunk_size if chunk_size > 0 else max(n, 1)
-        scores = x.new_empty(n, num_classes)
-        best = torch.empty(n, num_classes, dtype=torch.long, device=x.device)
-        own = x.new_empty(n, k)
-        lse = x.new_empty(n)
+        scores = x.new_empty(n, C)
+        best = torch.empty(n, C, dtype=torch.long, device=x.device)
+        row_max, row_sum, own = x.new_empty(n), x.new_empty(n), x.new_empty(n, K)
+        own_columns = labels[:, None] + C * torch.arange(K, device=x.device)  # (N, K)
         kept = None
         for s in range(0, n, step):
-            logits = x[s : s + step] @ protos.t()  # (n_s, C*K)
-            view = logits.view(-1, num_classes, k)
-            torch.max(view, dim=2, out=(scores[s : s + step], best[s : s + step]))
-            own[s : s + step] = own_class_similarities(logits, labels[s : s + step], num_classes)
-            lse[s : s + step] = torch.logsumexp(logits.mul_(1.0 / temperature), dim=1)
-            kept = logits if step >= n else None  # the scaled logits, reused by the backward
-        ctx.save_for_backward(x, protos, labels, best, lse, *(() if kept is None else (kept,)))
+            e = min(s + step, n)
+            logits = x[s:e] @ protos.t()  # (n_s, K*C)
+            _class_max(logits.view(-1, K, C), scores[s:e], best[s:e])
+            torch.gather(logits, 1, own_columns[s:e], out=own[s:e])
+            torch.amax(scores[s:e], dim=1, out=row_max[s:e])
+            _shifted_exp_(logits, row_max[s:e], temperature)
+            torch.sum(logits, dim=1, out=row_sum[s:e])
+            kept = logits if step >= n else None
+        lse = row_max / temperature + row_sum.log()
+        ctx.save_for_backward(x, protos, own_columns, best, row_max, row_sum)
         ctx.num_classes, ctx.temperature, ctx.step = num_classes, temperature, step
+        # Not a saved tensor: the first backward consumes it in place (a second one recomputes).
+        ctx.kept = kept
         return scores, own, lse
 
     @staticmethod
     def backward(ctx, grad_scores, grad_own, grad_lse):
-        x, protos, labels, best, lse, *kept = ctx.saved_tensors
-        n, ck = x.shape[0], protos.shape[0]
-        k = ck // ctx.num_classes
+        x, protos, own_columns, best, row_max, row_sum = ctx.saved_tensors
+        n, C, tau = x.shape[0], ctx.num_classes, ctx.temperature
+        K = protos.shape[0] // C
         grad_x = torch.empty_like(x)
-        own_columns = torch.arange(k, device=x.device)
+        # d lse_i / d S_ij = softmax_j(S_i / tau) / tau = exp((S_ij - m_i) / tau) / (row_sum_i * tau)
+        coef = grad_lse / (row_sum * tau)
         for s in range(0, n, ctx.step):
             e = min(s + ctx.step, n)
-            scaled = kept[0] if kept else (x[s:e] @ protos.t()).mul_(1.0 / ctx.temperature)
-            # d lse / d S = softmax(S / tau) / tau
-            grad = scaled.sub_(lse[s:e, None]).exp_().mul_(grad_lse[s:e, None] / ctx.temperature)
-            grad.view(e - s, ctx.num_classes, k).scatter_add_(2, best[s:e, :, None], grad_scores[s:e, :, None])
-            grad.scatter_add_(1, labels[s:e, None] * k + own_columns, grad_own[s:e])
-            grad_x[s:e] = grad @ protos
+            if ctx.kept is not None:
+                grad, ctx.kept = ctx.kept, None  # exp((S - m) / tau) from the forward
+            else:
+                grad = _shifted_exp_(x[s:e] @ protos.t(), row_max[s:e], tau)
+            grad.mul_(coef[s:e, None])
+            grad.view(e - s, K, C).scatter_add_(1, best[s:e, None, :], grad_scores[s:e, None, :])
+            grad.scatter_add_(1, own_columns[s:e], grad_own[s:e])
+            torch.mm(grad, protos, out=grad_x[s:e])
         return grad_x, None, None, None, None, None
+
+
+def _shifted_exp_(logits: torch.Tensor, row_max: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits (n, M) <- exp((logits - row_max[:, None]) / temperature), in place, two passes."""
+    torch.add(row_max[:, None] * (-1.0 / temperature), logits, alpha=1.0 / temperature, out=logits)
+    return logits.exp_()
 
 
 def prototype_scores(
@@ -91,12 +162,13 @@ def prototype_scores(
     """
     C, K, D = prototypes.shape
     labels = labels.clamp(0, C - 1)
-    # a copy: the backward needs these prototypes, and the memory update writes the buffer in place
-    flat = prototypes.reshape(C * K, D).float().clone()
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.float()
         if distance == "cosine":
-            return _FusedCosineScores.apply(x, flat, labels, C, temperature, chunk_size)
+            # a copy (prototype_major): the backward needs these prototypes, and the memory update
+            # writes the buffer in place
+            return _FusedCosineScores.apply(x, prototype_major(prototypes.float()), labels, C, temperature, chunk_size)
+        flat = prototypes.reshape(C * K, D).float().clone()
         logits = pairwise_similarity(x, flat, distance, huber_delta)  # (N, C*K)
         own = own_class_similarities(logits, labels, C)
         scores = logits.view(-1, C, K).max(dim=2).values

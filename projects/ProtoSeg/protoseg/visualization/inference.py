@@ -174,7 +174,7 @@ def embed_image(model, cfg, image: np.ndarray) -> EmbeddingOutput:
     # model's upsampling and sem_seg_postprocess.
     _, d, h, w = emb.shape
     flat = emb[0].permute(1, 2, 0).reshape(-1, d)
-    scores = head.normalize_scores(memory.class_scores(memory.similarity(flat)))  # (h*w, C)
+    scores = head.normalize_scores(memory.nearest_class_scores(flat))  # (h*w, C)
     scores = scores.t().reshape(-1, h, w)
     prediction = upsample_to_image(scores, info).argmax(0)
     return EmbeddingOutput(embeddings=emb[0].float().cpu(), prediction=prediction.cpu().numpy(), info=info)

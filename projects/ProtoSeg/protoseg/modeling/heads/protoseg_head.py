@@ -30,8 +30,8 @@ class ProtoSegHead(DecoderClassifierHead):
     the momentum update of the prototypes, and the losses CE (Eq. 7) + lambda_1 PPC (Eq. 11) +
     lambda_2 PPD (Eq. 12) returned as ``loss_ce``, ``loss_ppc``, ``loss_ppd``.
 
-    The latest prototype statistics (0-dim tensors) are kept in ``self.latest_statistics`` for a
-    trainer hook to log outside the step.
+    The latest prototype statistics (0-dim tensors) are read from ``self.latest_statistics`` by a
+    trainer hook, outside the step.
     """
 
     @configurable
@@ -86,7 +86,7 @@ class ProtoSegHead(DecoderClassifierHead):
         # Training forwards seen so far: decides the warm-up and is restored on resume.
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self._warmup_done = warmup_iters <= 0
-        self.latest_statistics: Dict[str, torch.Tensor] = {}
+        self._update_statistics: Dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -152,12 +152,21 @@ class ProtoSegHead(DecoderClassifierHead):
             )
             extras = (x, labels, own, lse)
         else:
-            flat_scores = self.memory.class_scores(self.memory.similarity(x))  # (N, C)
+            flat_scores = self.memory.nearest_class_scores(x)  # (N, C)
             extras = None
         flat_scores = self.normalize_scores(flat_scores)
         # contiguous: a permuted (channels-last) map makes every later resize copy (B, C, H, W).
         scores = flat_scores.view(b, h, w, self.num_classes).permute(0, 3, 1, 2).contiguous()
         return scores, extras if extras is None else (*extras, flat_scores)
+
+    @property
+    def latest_statistics(self) -> Dict[str, torch.Tensor]:
+        """Statistics of the latest prototype update (0-dim tensors; empty before the first):
+        "used_share" from the update, "intra_class_cosine" of the current prototypes, computed
+        here when read rather than in every training step."""
+        if not self._update_statistics:
+            return {}
+        return {**self._update_statistics, "intra_class_cosine": self.memory.intra_class_cosine()}
 
     def normalize_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """(N, C) nearest-prototype similarities -> logits: LayerNorm over classes or 1/T."""
@@ -175,7 +184,7 @@ class ProtoSegHead(DecoderClassifierHead):
             zero = scores.sum() * 0.0
             return {"loss_ppc": zero, "loss_ppd": zero}
         x, labels, own, lse, flat_scores = extras
-        ppc, ppd, _, self.latest_statistics = prototype_learning(
+        ppc, ppd, _, self._update_statistics = prototype_learning(
             self.memory, x, labels, own, lse, flat_scores, self.ppc_temperature
         )
         return {"loss_ppc": self.ppc_weight * ppc, "loss_ppd": self.ppd_weight * ppd}
