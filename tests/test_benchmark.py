@@ -45,18 +45,18 @@ def test_benchmark_quick_cpu(tmp_path):
     for key in ("N", "D", "K", "threads", "wall_s"):
         assert _positive_finite(meta[key]), key
 
-    # (a) equality of the batched step and the per-class loop, checked at start-up
+    # (a) equality of the batched step and both per-class loops, checked at start-up
     eq = res["equality_check"]
     assert eq["passed"] and len(eq["cases"]) >= 1
     assert all(case["prototypes_moved"] > 0 for case in eq["cases"])
 
-    # (a), (b): one entry per C, three timed variants of the step and two of clustering + update
+    # (a), (b): one entry per C, four timed variants of the step and two of clustering + update
     assert [r["C"] for r in res["step"]] == meta["classes"]
     for r in res["step"]:
-        assert set(r["step"]) == {"floor", "batched", "loop"}
+        assert set(r["step"]) == {"floor", "batched", "loop", "reference"}
         assert set(r["cluster_update"]) == {"batched", "loop"}
         assert 1 <= r["classes_present"] <= r["C"]
-        for key in ("loop_over_batched", "batched_over_floor", "cluster_update_loop_over_batched"):
+        for key in ("loop_over_batched", "reference_over_batched", "batched_over_floor", "cluster_update_loop_over_batched"):
             assert _positive_finite(r[key]), (r["C"], key)
 
     # (c): whole model and head, ProtoSeg and parametric baseline
@@ -67,12 +67,12 @@ def test_benchmark_quick_cpu(tmp_path):
         assert all(_positive_finite(n) for n in r["parameters"].values())
 
     timings = list(_timings([res["step"], res["inference"]]))
-    assert len(timings) == 5 * len(res["step"]) + 4 * len(res["inference"])
+    assert len(timings) == 6 * len(res["step"]) + 4 * len(res["inference"])
     for t in timings:
         assert _positive_finite(t["median_ms"]) and _positive_finite(t["min_ms"]) and t["reps"] == 1
 
     # (d): peak memory of the step, measured (CPU: profiler allocation events)
     mem = res["peak_memory"]
-    for key in ("batched_bytes", "loop_bytes", "floor_bytes", "one_logits_matrix_bytes"):
+    for key in ("batched_bytes", "loop_bytes", "reference_bytes", "floor_bytes", "one_logits_matrix_bytes"):
         assert _positive_finite(mem[key]), (key, mem.get("note"))
     assert mem["floor_bytes"] >= mem["one_logits_matrix_bytes"]

@@ -161,3 +161,30 @@ def test_reference_switches_build_and_train():
     model.train()
     losses = model(random_batch())
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("opts", [(), ("MODEL.PROTOSEG.CHUNK_SIZE", 100), ("MODEL.PROTOSEG.ASSIGNMENT", "gumbel")])
+def test_training_step_of_the_head_has_no_data_dependent_operation(opts):
+    """No host synchronisation in the step (issue 6): the head's training forward and backward
+    (similarities, class scores, clustering, update, CE + PPC + PPD) run on fake tensors, which
+    carry shapes but no values, so that any value-dependent operation (``.item()``, ``if tensor``,
+    boolean-mask indexing, ``nonzero``, ``unique``: each a device-to-host copy on CUDA) raises."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+
+    model = build(opts)
+    model.train()
+    model(random_batch())  # a real first step: the one-time broadcast of the prototypes
+    head = model.sem_seg_head
+    batch = random_batch(seed=1)
+    images = torch.stack([(x["image"] - model.pixel_mean) / model.pixel_std for x in batch])
+    features = model.backbone(images)
+    targets = torch.stack([x["sem_seg"] for x in batch])
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake_features = {k: mode.from_tensor(v.detach()).requires_grad_() for k, v in features.items()}
+        _, losses = head(fake_features, mode.from_tensor(targets))
+        assert {"loss_ce", "loss_ppc", "loss_ppd"} <= set(losses)
+        sum(losses.values()).backward()
+        with_grad = [k for k, v in fake_features.items() if v.grad is not None]
+        assert with_grad and all(fake_features[k].grad.shape == features[k].shape for k in with_grad)
+        with pytest.raises(DataDependentOutputException):  # the check itself works
+            losses["loss_ce"].item()

@@ -13,17 +13,21 @@ dimension D):
     x @ P^T (N x CK), class scores (max over K), clustering (Sinkhorn-Knopp for all classes at once,
     ``PrototypeMemory.assign``), momentum update (``PrototypeMemory.update``), CE + PPC + PPD
     losses, backward into the embeddings x (an (N, D) leaf with requires_grad; the prototypes get no
-    gradient). Against :func:`per_class_loop_step`, a straightforward per-class Python loop of the
-    same math, structured like the reference implementation (openseg.pytorch's
-    ``prototype_learning``): for every class present, select its pixels, run Algorithm 1 on its
-    (n_c, K) scores, argmax, momentum update of its prototypes with the l2-normalised sums of its
-    correctly classified assigned pixels, targets c*K + k. At start-up, on small inputs, both are run
-    for two steps from the same prototypes and must give identical targets and allclose prototypes,
-    losses and gradients (the run aborts otherwise): the comparison is one of equal math.
-    The loop here shares the one similarity product with the batched step; the reference computes
-    a second one (an einsum for the scores and an mm for the PPC logits), so the real reference is
-    slower still. It loops over the classes present (``unique``); the reference loops over all C
-    and skips absent ones. The no-grad part alone (clustering + update) is timed separately too.
+    gradient). Against two per-class Python loops of the same math:
+    - :func:`reference_structure_step`, the structure of the reference implementation
+      (tfzhou/ProtoSeg ``HRNet_W48_Proto.forward`` + ``prototype_learning``; the issue's baseline):
+      class scores from an einsum 'nd,kmd->nmk' and amax over the prototypes, a second product
+      x @ P^T for the PPC logits, and a loop over all C classes that selects the pixels of each
+      and skips the classes without pixels;
+    - :func:`per_class_loop_step`, a leaner loop that shares one similarity product between the
+      scores and the PPC logits and loops over the classes present only (``unique``): the stricter
+      comparison.
+    In both, for every class: Algorithm 1 on its (n_c, K) scores, argmax, momentum update of its
+    prototypes with the l2-normalised sums of its correctly classified assigned pixels, targets
+    c*K + k. At start-up, on small inputs, the batched step and each loop are run for two steps from
+    the same prototypes and must give identical targets and allclose prototypes, losses and
+    gradients (the run aborts otherwise): the comparison is one of equal math. The no-grad part
+    alone (clustering + update, batched vs the lean loop) is timed separately too.
 (b) The same batched step against the floor that every implementation needs: the similarity
     product x @ P^T, forward and backward, plus the max over K (``PrototypeMemory.class_scores``).
 (c) Inference of the whole model (backbone + decoder + head, Detectron2 ``build_model`` from
@@ -166,8 +170,24 @@ def sinkhorn_algorithm1(scores: torch.Tensor, iters: int, kappa: float) -> torch
 
 
 @torch.no_grad()
+def cluster_update_one_class(protos, c, class_scores_c, x_c, correct_c, hp=HP) -> torch.Tensor:
+    """Algorithm 1 and the momentum update for the pixels of class c (the body of the reference's
+    loop): protos (C, K, D) is updated in place; returns the assignments k (n_c,)."""
+    K = protos.shape[1]
+    k = sinkhorn_algorithm1(class_scores_c, hp["sinkhorn_iters"], hp["sinkhorn_kappa"]).argmax(dim=1)
+    one_hot = F.one_hot(k, K).to(x_c.dtype) * correct_c[:, None].to(x_c.dtype)  # only correct pixels
+    f = one_hot.t() @ x_c  # (K, D) embedding sums per prototype
+    n = one_hot.sum(dim=0)
+    if n.sum() > 0:  # a host sync per class, as in the reference
+        f = F.normalize(f, dim=-1)
+        used = n != 0
+        protos[c, used] = hp["momentum"] * protos[c, used] + (1.0 - hp["momentum"]) * f[used]
+    return k
+
+
+@torch.no_grad()
 def per_class_cluster_update(prototypes, proto_logits, x, labels, correct, hp=HP):
-    """Clustering and momentum update, one class at a time (the reference's structure).
+    """Clustering and momentum update, one class present at a time.
 
     Returns (targets (N,) with c*K + k, -1 where ignored; the new prototypes (C, K, D)).
     """
@@ -177,17 +197,50 @@ def per_class_cluster_update(prototypes, proto_logits, x, labels, correct, hp=HP
     valid = (labels >= 0) & (labels < C)
     for c in torch.unique(labels[valid]).tolist():
         sel = labels == c
-        q = sinkhorn_algorithm1(proto_logits[sel, c * K:(c + 1) * K], hp["sinkhorn_iters"], hp["sinkhorn_kappa"])
-        k = q.argmax(dim=1)
+        k = cluster_update_one_class(protos, c, proto_logits[sel, c * K:(c + 1) * K], x[sel], correct[sel], hp)
         targets[sel] = c * K + k
-        one_hot = F.one_hot(k, K).to(x.dtype) * correct[sel, None].to(x.dtype)  # only correct pixels
-        f = one_hot.t() @ x[sel]  # (K, D) embedding sums per prototype
-        n = one_hot.sum(dim=0)
-        if n.sum() > 0:  # a host sync per class, as in the reference
-            f = F.normalize(f, dim=-1)
-            used = n != 0
-            protos[c, used] = hp["momentum"] * protos[c, used] + (1.0 - hp["momentum"]) * f[used]
     return targets, F.normalize(protos, dim=-1)
+
+
+def step_losses(class_scores, proto_logits, labels, targets, hp=HP):
+    """CE + PPC + PPD of the loop baselines from the (N, C) class scores, the (N, C*K) similarities
+    and the prototype targets (-1 = ignored); backward into x. Returns (loss, losses dict)."""
+    valid = targets >= 0
+    sim = proto_logits.gather(1, targets.clamp_min(0)[:, None]).squeeze(1)
+    losses = {
+        "ce": F.cross_entropy(class_scores / hp["score_temperature"], labels, ignore_index=IGNORE),
+        "ppc": F.cross_entropy(proto_logits / hp["ppc_temperature"], targets, ignore_index=-1),
+        "ppd": ((1.0 - sim) ** 2)[valid].mean(),
+    }
+    loss = losses["ce"] + hp["ppc_weight"] * losses["ppc"] + hp["ppd_weight"] * losses["ppd"]
+    loss.backward()
+    return loss.detach(), {k: v.detach() for k, v in losses.items()}
+
+
+def reference_structure_step(prototypes: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, hp=HP):
+    """The step as the reference code (tfzhou/ProtoSeg, ``HRNet_W48_Proto``) is structured, with the
+    math of :func:`batched_step`: class scores from an einsum 'nd,kmd->nmk' and ``amax`` over the
+    prototypes; a second product ``x @ P^T`` for the PPC logits (``prototype_learning``); a loop over
+    all C classes that selects each class's pixels and skips a class without pixels (a host sync
+    per class); per class Algorithm 1, argmax, momentum update. Same signature and returns as
+    :func:`per_class_loop_step`.
+    """
+    C, K, D = prototypes.shape
+    masks = torch.einsum("nd,kmd->nmk", x, prototypes)  # (N, K, C)
+    class_scores = torch.amax(masks, dim=1)  # (N, C)
+    correct = class_scores.detach().argmax(dim=1) == labels
+    proto_logits = torch.mm(x, prototypes.reshape(C * K, D).t())  # (N, C*K), the second product
+    targets = torch.full_like(labels, -1)
+    protos = prototypes.clone()
+    for c in range(C):
+        sel = labels == c
+        init_q = masks.detach()[:, :, c][sel]
+        if init_q.shape[0] == 0:
+            continue
+        k = cluster_update_one_class(protos, c, init_q, x.detach()[sel], correct[sel], hp)
+        targets[sel] = c * K + k
+    loss, losses = step_losses(class_scores, proto_logits, labels, targets, hp)
+    return F.normalize(protos, dim=-1), loss, targets, losses
 
 
 def per_class_loop_step(prototypes: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, hp=HP):
@@ -204,16 +257,13 @@ def per_class_loop_step(prototypes: torch.Tensor, x: torch.Tensor, labels: torch
     scores = proto_logits.view(-1, C, K).max(-1).values  # (N, C)
     correct = scores.detach().argmax(dim=1) == labels
     targets, new_prototypes = per_class_cluster_update(prototypes, proto_logits.detach(), x.detach(), labels, correct, hp)
-    valid = targets >= 0
-    sim = proto_logits.gather(1, targets.clamp_min(0)[:, None]).squeeze(1)
-    losses = {
-        "ce": F.cross_entropy(scores / hp["score_temperature"], labels, ignore_index=IGNORE),
-        "ppc": F.cross_entropy(proto_logits / hp["ppc_temperature"], targets, ignore_index=-1),
-        "ppd": ((1.0 - sim) ** 2)[valid].mean(),
-    }
-    loss = losses["ce"] + hp["ppc_weight"] * losses["ppc"] + hp["ppd_weight"] * losses["ppd"]
-    loss.backward()
-    return new_prototypes, loss.detach(), targets, {k: v.detach() for k, v in losses.items()}
+    loss, losses = step_losses(scores, proto_logits, labels, targets, hp)
+    return new_prototypes, loss, targets, losses
+
+
+# The two loop baselines: the lean one (one shared product, classes present) and the reference's
+# structure (two products, all classes).
+LOOPS = {"loop": per_class_loop_step, "reference": reference_structure_step}
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,29 +391,32 @@ def peak_bytes(fn: Callable[[], object], device: str) -> int:
 
 
 def equality_check(device: str, seed: int) -> Dict[str, object]:
-    """Batched step vs per-class loop on small inputs, two consecutive steps: equal math or abort."""
+    """Batched step vs both per-class loops on small inputs, two consecutive steps: equal math or
+    abort."""
     report = []
     for C, K, D, N, present in ((19, 10, 32, 1024, 19), (150, 10, 32, 2048, 60)):
         prototypes, x0, labels = make_problem(C, K, D, N, present, 0.1, seed, device)
         memory = make_memory(prototypes)
-        loop_protos = prototypes.clone()
+        state = {loop: prototypes.clone() for loop in LOOPS}
         worst = {"prototypes": 0.0, "losses": 0.0, "grad": 0.0}
         for step in range(2):
             xb = x0.clone().requires_grad_(True)
-            xl = x0.clone().requires_grad_(True)
             _, targets_b, losses_b = batched_step(memory, xb, labels)
-            loop_protos, _, targets_l, losses_l = per_class_loop_step(loop_protos, xl, labels)
-            if not torch.equal(targets_b, targets_l):
-                raise AssertionError(
-                    f"equality check C={C} step {step}: targets differ at {(targets_b != targets_l).sum().item()} pixels"
-                )
-            torch.testing.assert_close(memory.prototypes, loop_protos, rtol=1e-5, atol=1e-6)
-            for name in losses_b:
-                torch.testing.assert_close(losses_b[name], losses_l[name], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(xb.grad, xl.grad, rtol=1e-4, atol=1e-7)
-            worst["prototypes"] = max(worst["prototypes"], (memory.prototypes - loop_protos).abs().max().item())
-            worst["losses"] = max(worst["losses"], max((losses_b[n] - losses_l[n]).abs().item() for n in losses_b))
-            worst["grad"] = max(worst["grad"], (xb.grad - xl.grad).abs().max().item())
+            for name, loop in LOOPS.items():
+                xl = x0.clone().requires_grad_(True)
+                state[name], _, targets_l, losses_l = loop(state[name], xl, labels)
+                if not torch.equal(targets_b, targets_l):
+                    raise AssertionError(
+                        f"equality check C={C} step {step}, {name}: targets differ at "
+                        f"{(targets_b != targets_l).sum().item()} pixels"
+                    )
+                torch.testing.assert_close(memory.prototypes, state[name], rtol=1e-5, atol=1e-6)
+                for key in losses_b:
+                    torch.testing.assert_close(losses_b[key], losses_l[key], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(xb.grad, xl.grad, rtol=1e-4, atol=1e-7)
+                worst["prototypes"] = max(worst["prototypes"], (memory.prototypes - state[name]).abs().max().item())
+                worst["losses"] = max(worst["losses"], max((losses_b[k] - losses_l[k]).abs().item() for k in losses_b))
+                worst["grad"] = max(worst["grad"], (xb.grad - xl.grad).abs().max().item())
         moved = (memory.prototypes - prototypes).abs().max().item()
         report.append({"C": C, "K": K, "D": D, "N": N, "steps": 2, "max_abs_diff": worst, "prototypes_moved": moved})
     return {"passed": True, "cases": report}
@@ -374,22 +427,27 @@ def bench_step(C, args) -> Dict[str, object]:
     present = args.present.get(C, C)
     prototypes, x0, labels = make_problem(C, args.k, args.dim, args.n, present, args.ignore_frac, args.seed, args.device)
     memory = make_memory(prototypes)
-    loop_state = {"prototypes": prototypes.clone()}
-    xb, xl, xf = (x0.clone().requires_grad_(True) for _ in range(3))
+    xb, xf = (x0.clone().requires_grad_(True) for _ in range(2))
 
     def run_batched():
         xb.grad = None
         batched_step(memory, xb, labels)
 
-    def run_loop():
-        xl.grad = None
-        loop_state["prototypes"] = per_class_loop_step(loop_state["prototypes"], xl, labels)[0]
-
     def run_floor():
         xf.grad = None
         floor_step(prototypes, xf)
 
-    full = bench({"floor": run_floor, "batched": run_batched, "loop": run_loop}, args.warmup, args.reps, args.device)
+    def loop_runner(loop):
+        state = {"prototypes": prototypes.clone(), "x": x0.clone().requires_grad_(True)}
+
+        def run():
+            state["x"].grad = None
+            state["prototypes"] = loop(state["prototypes"], state["x"], labels)[0]
+
+        return run
+
+    fns = {"floor": run_floor, "batched": run_batched, **{name: loop_runner(loop) for name, loop in LOOPS.items()}}
+    full = bench(fns, args.warmup, args.reps, args.device)
 
     # The no-grad part alone: clustering + update (inputs prepared outside the timed region).
     with torch.no_grad():
@@ -419,6 +477,7 @@ def bench_step(C, args) -> Dict[str, object]:
         "step": full,
         "cluster_update": cluster,
         "loop_over_batched": full["loop"]["median_ms"] / full["batched"]["median_ms"],
+        "reference_over_batched": full["reference"]["median_ms"] / full["batched"]["median_ms"],
         "batched_over_floor": full["batched"]["median_ms"] / full["floor"]["median_ms"],
         "cluster_update_loop_over_batched": cluster["loop"]["median_ms"] / cluster["batched"]["median_ms"],
     }
@@ -500,22 +559,24 @@ def bench_memory(args) -> Dict[str, object]:
         ok, detail = cpu_peak_self_check()
         result["method"] = "PyTorch profiler allocation events (profile_memory=True), peak above the start; " + detail
         if not ok:
-            result.update(batched_bytes=None, loop_bytes=None, floor_bytes=None, note="n/a on CPU: " + detail)
+            result.update(batched_bytes=None, loop_bytes=None, reference_bytes=None, floor_bytes=None,
+                          note="n/a on CPU: " + detail)
             return result
     prototypes, x0, labels = make_problem(C, args.k, args.dim, args.n, args.present.get(C, C), args.ignore_frac, args.seed, args.device)
     memory = make_memory(prototypes)
     # One untimed call each first, so that lazily created state is not counted.
     for variant in range(2):
-        xb, xl, xf = (x0.clone().requires_grad_(True) for _ in range(3))
+        xb, xl, xr, xf = (x0.clone().requires_grad_(True) for _ in range(4))
         measure = (lambda fn: fn()) if variant == 0 else (lambda fn: peak_bytes(fn, args.device))
         batched = measure(lambda: batched_step(memory, xb, labels))
         loop = measure(lambda: per_class_loop_step(prototypes, xl, labels))
+        reference = measure(lambda: reference_structure_step(prototypes, xr, labels))
         floor = measure(lambda: floor_step(prototypes, xf))
         xc, xp = x0.clone().requires_grad_(True), x0.clone().requires_grad_(True)
         chunked = measure(lambda: batched_step(memory, xc, labels, chunk_size=args.chunk_size))
         weight = prototypes.reshape(C * args.k, args.dim).clone().requires_grad_(True)
         parametric = measure(lambda: parametric_step(weight, xp, labels, C))
-    result.update(batched_bytes=batched, loop_bytes=loop, floor_bytes=floor, chunked_bytes=chunked,
+    result.update(batched_bytes=batched, loop_bytes=loop, reference_bytes=reference, floor_bytes=floor, chunked_bytes=chunked,
                   parametric_bytes=parametric, chunk_size=args.chunk_size)
     return result
 
@@ -573,16 +634,19 @@ def print_table(res: Dict[str, object]) -> None:
         f"grad {c['max_abs_diff']['grad']:.1e}"
         for c in eq["cases"]
     )
-    print(f"equality check batched == per-class loop (targets identical, 2 steps): {'passed' if eq['passed'] else 'FAILED'}; {cases}")
+    print(f"equality check batched == each per-class loop (targets identical, 2 steps): {'passed' if eq['passed'] else 'FAILED'}; {cases}")
 
-    print("\n(a)/(b) prototype learning step, forward + backward into x (ms, median / min)")
-    print(f"{'C':>5} {'present':>7} | {'floor (x@P^T+max)':>19} | {'batched':>19} | {'per-class loop':>19} | "
-          f"{'loop/batched':>12} | {'batched/floor':>13} || {'cluster+update: batched':>23} | {'loop':>19} | {'loop/batched':>12}")
+    print("\n(a)/(b) prototype learning step, forward + backward into x (ms, median / min); loops: lean = one shared "
+          "product, classes present; reference = the reference code's structure (two products, loop over all C)")
+    print(f"{'C':>5} {'present':>7} | {'floor (x@P^T+max)':>19} | {'batched':>19} | {'lean loop':>19} | {'reference loop':>19} | "
+          f"{'lean/batched':>12} | {'ref/batched':>11} | {'batched/floor':>13} || {'cluster+update: batched':>23} | "
+          f"{'lean loop':>19} | {'ratio':>6}")
     for r in res["step"]:
         s, cu = r["step"], r["cluster_update"]
         print(f"{r['C']:>5} {r['classes_present']:>7} | {fmt_t(s['floor'])} | {fmt_t(s['batched'])} | {fmt_t(s['loop'])} | "
-              f"{r['loop_over_batched']:>11.2f}x | {r['batched_over_floor']:>12.2f}x || {fmt_t(cu['batched']):>23} | "
-              f"{fmt_t(cu['loop'])} | {r['cluster_update_loop_over_batched']:>11.2f}x")
+              f"{fmt_t(s['reference'])} | {r['loop_over_batched']:>11.2f}x | {r['reference_over_batched']:>10.2f}x | "
+              f"{r['batched_over_floor']:>12.2f}x || {fmt_t(cu['batched']):>23} | "
+              f"{fmt_t(cu['loop'])} | {r['cluster_update_loop_over_batched']:>5.2f}x")
 
     inf = res["inference"]
     if inf:
@@ -602,7 +666,8 @@ def print_table(res: Dict[str, object]) -> None:
     if mem.get("note"):
         print(f"    {mem['note']}")
     print(f"    batched {mib(mem['batched_bytes'])} | batched, chunks of {mem.get('chunk_size')} pixels "
-          f"{mib(mem.get('chunked_bytes'))} | per-class loop {mib(mem['loop_bytes'])} | floor {mib(mem['floor_bytes'])} | "
+          f"{mib(mem.get('chunked_bytes'))} | lean loop {mib(mem['loop_bytes'])} | reference loop {mib(mem.get('reference_bytes'))} | "
+          f"floor {mib(mem['floor_bytes'])} | "
           f"parametric {mem['K']}-prototype head {mib(mem.get('parametric_bytes'))} | "
           f"one N x CK float32 matrix {mib(mem['one_logits_matrix_bytes'])}")
 
@@ -617,9 +682,12 @@ def evaluate_targets(res, device) -> Dict[str, object]:
     lines, checks = [], {}
     for r in res["step"]:
         if r["C"] >= 150:
-            ok = r["loop_over_batched"] >= TARGETS["loop_speedup_min"]
-            checks[f"loop_speedup_C{r['C']}"] = ok
-            lines.append(f"C={r['C']}: loop / batched = {r['loop_over_batched']:.2f}x (target >= {TARGETS['loop_speedup_min']}x on {device}): {verdict(ok)}")
+            # The issue's baseline is the reference's structure; the lean loop is reported beside it.
+            for key, name in (("reference", "reference-structured loop"), ("loop", "lean loop (one shared product)")):
+                ratio = r[f"{key}_over_batched"]
+                ok = ratio >= TARGETS["loop_speedup_min"]
+                checks[f"{key}_speedup_C{r['C']}"] = ok
+                lines.append(f"C={r['C']}: {name} / batched = {ratio:.2f}x (target >= {TARGETS['loop_speedup_min']}x on {device}): {verdict(ok)}")
     for r in res["step"]:
         ok = r["batched_over_floor"] <= TARGETS["floor_ratio_max"]
         checks[f"floor_ratio_C{r['C']}"] = ok
