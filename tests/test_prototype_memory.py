@@ -46,7 +46,7 @@ def test_momentum_update_eq14_by_hand():
     assert torch.equal(mem.prototypes[2, 1], protos[2, 1])
     assert torch.equal(mem.prototypes[1], protos[1])
     # classes 0 and 2 had update pixels: 3 of their 4 prototypes received some
-    assert stats["used_share"].item() == pytest.approx(0.75)
+    assert PrototypeMemory.used_share(stats["pixel_counts"]).item() == pytest.approx(0.75)
     assert torch.allclose(mem.prototypes.norm(dim=-1), torch.ones(3, 2), atol=1e-6)
 
 
@@ -136,4 +136,4 @@ def test_tiny_classes_and_more_prototypes_than_pixels():
     assert torch.isfinite(mem.prototypes).all()
     assert torch.allclose(mem.prototypes.norm(dim=-1), torch.ones(3, 5), atol=1e-6)
     # class 0: 1 of 5 prototypes used; class 1: equipartition spreads its 3 pixels over 3 of 5
-    assert stats["used_share"].item() == pytest.approx(0.4)
+    assert PrototypeMemory.used_share(stats["pixel_counts"]).item() == pytest.approx(0.4)

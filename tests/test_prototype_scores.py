@@ -62,12 +62,16 @@ def test_chunked_head_trains_like_unchunked():
     assert torch.allclose(p0, p1, atol=1e-6)
 
 
-def test_argmax_over_k_in_row_blocks_takes_the_first_of_tied_prototypes(monkeypatch):
-    """The class maximum's index is found in row blocks (here 3 rows each); with tied prototypes
-    the gradient of the class score goes to the first, as torch.max's does."""
+@pytest.mark.parametrize("blocked", [False, True])
+def test_the_class_score_gradient_goes_to_the_first_of_tied_prototypes(monkeypatch, blocked):
+    """The class maximum's index (torch.max, or for many classes on CPU the blocked form, here in
+    blocks of 3 rows); with tied prototypes the gradient of the class score goes to the first, as
+    the class-major torch.max's does."""
     import protoseg.modeling.prototype_scores as ps
 
-    monkeypatch.setattr(ps, "_ARGMAX_BLOCK_ELEMENTS", 3 * 4 * 5)
+    if blocked:
+        monkeypatch.setattr(ps, "_ARGMAX_BLOCK_ELEMENTS", 3 * 4 * 5)
+        monkeypatch.setattr(ps, "_MIN_CLASSES_BLOCKED_ARGMAX", 1)
     torch.manual_seed(0)
     C, K, D, N = 5, 4, 8, 11
     protos = F.normalize(torch.randn(C, K, D), dim=-1)

@@ -41,7 +41,9 @@ def sinkhorn_knopp(
     ``L /= torch.exp(L / kappa)`` is a typo for ``L = exp(L / kappa)``.) Before the exponential a
     per-class constant (the class's largest score) is subtracted: a uniform scaling of a class's
     matrix that the first normalisation removes exactly, and that keeps exp(1 / 0.05) = 4.9e8 from
-    overflowing. Always computed in float32, also under autocast.
+    overflowing. For the same reason ``L /= sum(L)`` is skipped when ``iters`` >= 1: the first
+    prototype-marginal step divides every row of the class by its own sum anyway (with the shift,
+    entries are in (0, 1], so no sum overflows). Always computed in float32, also under autocast.
 
     Args:
         scores: (n, K) similarity of each pixel to the K prototypes of its own class.
@@ -73,22 +75,25 @@ def sinkhorn_knopp(
         class_max = scores.new_full((num_classes,), float("-inf"))
         class_max.scatter_reduce_(0, labels, scores.amax(dim=1), reduce="amax", include_self=True)
         reduce(class_max, dist.ReduceOp.MAX if dist.is_available() else None)
-        class_max = torch.where(torch.isfinite(class_max), class_max, torch.zeros_like(class_max))
-        L = torch.sub(scores, class_max[labels, None]).div_(kappa).exp_()  # (n, K)
+        # (classes without pixels keep -inf, and are never read)
+        L = torch.add(class_max.mul_(-1.0 / kappa)[labels, None], scores, alpha=1.0 / kappa).exp_()  # (n, K)
 
-        # Total mass per class and pixel count per class, reduced together.
-        totals = scores.new_zeros((2, num_classes))
-        totals[0].index_add_(0, labels, L.sum(dim=1))
-        totals[1].index_add_(0, labels, torch.ones_like(labels, dtype=scores.dtype))
+        # Pixel count per class (and, only without iterations, total mass per class).
+        totals = scores.new_zeros((2 if iters == 0 else 1, num_classes))
+        totals[0].index_add_(0, labels, torch.ones_like(labels, dtype=scores.dtype))
+        if iters == 0:
+            totals[1].index_add_(0, labels, L.sum(dim=1))
         reduce(totals)
-        count = totals[1].clamp_min(1.0)
-        L.mul_(totals[0].clamp_min(tiny).reciprocal_()[labels, None])
+        count = totals[0].clamp_min(1.0)
+        if iters == 0:
+            L.mul_(totals[1].clamp_min(tiny).reciprocal_()[labels, None])
         pixel_share = count.reciprocal()[labels]  # (n,) 1 / n_c of each pixel's class
         for _ in range(iters):
             # Prototype marginal (rows of Algorithm 1's K x n matrix): sum over the class's pixels.
             proto_sums = scores.new_zeros(num_classes * num_protos).index_add_(0, slots.view(-1), L.view(-1))
             reduce(proto_sums)
-            L.mul_(torch.take(proto_sums.clamp_min_(tiny).mul_(num_protos).reciprocal_(), slots))
+            # (Algorithm 1's "L /= K" is a uniform factor that the pixel step below removes exactly.)
+            L.mul_(torch.take(proto_sums.clamp_min_(tiny).reciprocal_(), slots))
             # Pixel marginal (columns of Algorithm 1's matrix).
             L.mul_(L.sum(dim=1).clamp_min_(tiny).reciprocal_().mul_(pixel_share)[:, None])
         L.mul_(count[labels, None])

@@ -155,8 +155,9 @@ class PrototypeMemory(nn.Module):
                 sampled = assigned
         minus_one = torch.full_like(labels, -1)
         targets = torch.where(valid, labels * K + assigned, minus_one)
-        update_targets = torch.where(valid, labels * K + sampled, minus_one)
-        return targets, update_targets
+        if sampled is assigned:
+            return targets, targets
+        return targets, torch.where(valid, labels * K + sampled, minus_one)
 
     def own_class_scores(self, proto_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(N, C*K) similarities, (N,) labels -> (N, K) similarities to the own class's prototypes
@@ -196,9 +197,9 @@ class PrototypeMemory(nn.Module):
             x: (N, D) pixel embeddings (detached inside).
             update_targets: (N,) int64 prototype index c*K + k, -1 for pixels that do not update.
         Returns:
-            statistics as 0-dim tensors (no host sync): "used_share" (share of the prototypes of
-            the classes that had update pixels which received at least one pixel). (The other
-            logged statistic, :meth:`intra_class_cosine`, is computed when it is read.)
+            {"pixel_counts": (C, K) update pixels each prototype received (global over ranks)}, a
+            device tensor (no host sync); :meth:`used_share` and :meth:`intra_class_cosine` turn
+            it and the prototypes into the logged statistics when they are read.
         """
         C, K, D = self.num_classes, self.num_prototypes, self.dim
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -216,16 +217,21 @@ class PrototypeMemory(nn.Module):
             else:
                 centres = sums / counts.clamp_min(1.0)[:, None]
             old = self.prototypes.view(C * K, D).float()
-            new = self.momentum * old + (1.0 - self.momentum) * centres
+            new = torch.lerp(centres, old, self.momentum)  # mu * old + (1 - mu) * centre
             if self.normalized:
                 new = F.normalize(new, dim=1)
-            keep = (counts > 0) & torch.isfinite(new).all(dim=1)
+            # a row sum is finite iff the row is (for the magnitudes of embeddings)
+            keep = (counts > 0) & torch.isfinite(new.sum(dim=1))
             self.prototypes.copy_(torch.where(keep[:, None], new, old).view(C, K, D))
+        return {"pixel_counts": counts.view(C, K)}
 
-            class_counts = counts.view(C, K)
-            present = (class_counts.sum(1) > 0).float()
-            used = ((class_counts > 0).float().sum(1) * present).sum() / (present.sum() * K).clamp_min(1)
-        return {"used_share": used}
+    @staticmethod
+    def used_share(pixel_counts: torch.Tensor) -> torch.Tensor:
+        """Share of the prototypes of the classes that had update pixels which received at least
+        one pixel: (C, K) counts of :meth:`update` -> 0-dim tensor (1 = every prototype in use)."""
+        present = (pixel_counts.sum(1) > 0).float()
+        used = (pixel_counts > 0).float().sum(1) * present
+        return used.sum() / (present.sum() * pixel_counts.shape[1]).clamp_min(1)
 
     @torch.no_grad()
     def intra_class_cosine(self) -> torch.Tensor:

@@ -162,11 +162,14 @@ class ProtoSegHead(DecoderClassifierHead):
     @property
     def latest_statistics(self) -> Dict[str, torch.Tensor]:
         """Statistics of the latest prototype update (0-dim tensors; empty before the first):
-        "used_share" from the update, "intra_class_cosine" of the current prototypes, computed
-        here when read rather than in every training step."""
+        "used_share" of the update's pixel counts and "intra_class_cosine" of the current
+        prototypes, computed here when read rather than in every training step."""
         if not self._update_statistics:
             return {}
-        return {**self._update_statistics, "intra_class_cosine": self.memory.intra_class_cosine()}
+        return {
+            "used_share": PrototypeMemory.used_share(self._update_statistics["pixel_counts"]),
+            "intra_class_cosine": self.memory.intra_class_cosine(),
+        }
 
     def normalize_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """(N, C) nearest-prototype similarities -> logits: LayerNorm over classes or 1/T."""
