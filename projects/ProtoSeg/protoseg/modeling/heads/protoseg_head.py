@@ -155,8 +155,10 @@ class ProtoSegHead(DecoderClassifierHead):
             flat_scores = self.memory.nearest_class_scores(x)  # (N, C)
             extras = None
         flat_scores = self.normalize_scores(flat_scores)
-        # contiguous: a permuted (channels-last) map makes every later resize copy (B, C, H, W).
-        scores = flat_scores.view(b, h, w, self.num_classes).permute(0, 3, 1, 2).contiguous()
+        # (N, C) in either memory order (inference gives the transpose of a (C, N) tensor) ->
+        # contiguous (B, C, h, w) with one copy at most (none for one (C, N) image): a permuted,
+        # channels-last map would make every later resize copy (B, C, H, W).
+        scores = flat_scores.t().reshape(self.num_classes, b, h, w).transpose(0, 1).contiguous()
         return scores, extras if extras is None else (*extras, flat_scores)
 
     @property
