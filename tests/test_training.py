@@ -121,3 +121,11 @@ def test_train_net_eval_only_reproduces_the_final_evaluation(trained, toy_datase
     line = next(l for l in log.splitlines() if "copypaste: " in l and l.split("copypaste: ")[1][:1].isdigit())
     miou = float(line.split("copypaste: ")[1].split(",")[0])
     assert miou == pytest.approx(results["sem_seg"]["mIoU"], abs=1e-3)
+
+
+def test_no_test_dataset_means_no_evaluation():
+    """DATASETS.TEST () (e.g. a speed run on a training set only) skips evaluation instead of failing."""
+    from detectron2.modeling import build_model
+
+    cfg = toy_cfg(opts=["DATASETS.TEST", "()"])
+    assert Trainer.test(cfg, build_model(cfg)) == {}

@@ -116,7 +116,7 @@ class Trainer(DefaultTrainer):
         """Evaluate on ``cfg.DATASETS.TEST`` and print a per-class IoU table for each (the
         evaluator of :meth:`build_evaluator` writes the report files)."""
         results = super().test(cfg, model, evaluators)
-        if comm.is_main_process():
+        if comm.is_main_process() and len(cfg.DATASETS.TEST) > 0:  # DATASETS.TEST () skips evaluation
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
             for name, res in per_dataset.items():
                 if "sem_seg" not in res:
