@@ -725,7 +725,8 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=None, help="timed calls per variant (default 5 CPU, 20 CUDA)")
     p.add_argument("--images", type=int, default=None, help="(c) images per batch (default 2)")
     p.add_argument("--image-size", type=int, default=None, help="(c) square image side (CPU 256, CUDA 512)")
-    p.add_argument("--model-dim", type=int, default=None, help="(c) decoder width CONVS_DIM (default: --dim)")
+    p.add_argument("--model-dim", type=int, default=None, help="(c) decoder width CONVS_DIM (default: --dim for the toy "
+                   "model, the config's own with --model-config)")
     p.add_argument("--model-config", default="", help="(c) a config (e.g. configs/ade20k/segformer_MiT-B4_bs16_160k.yaml) "
                    "whose model is compared with ProtoSegHead and ParametricSegHead; default: the toy model")
     p.add_argument("--model-opts", nargs="*", default=[], help="(c) extra config KEY VALUE pairs for both models")
@@ -746,7 +747,7 @@ def parse_args(argv=None):
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.model_dim is None:
+    if args.model_dim is None and not args.model_config:  # a given config keeps its own decoder width
         args.model_dim = args.dim
     args.classes = [int(c) for c in args.classes.split(",") if c]
     args.present = parse_present(args.present)
