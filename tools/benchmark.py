@@ -696,6 +696,14 @@ def evaluate_targets(res, device) -> Dict[str, object]:
         ok = r["model_ratio"] <= TARGETS["inference_ratio_max"]
         checks[f"inference_ratio_C{r['C']}"] = ok
         lines.append(f"C={r['C']}: ProtoSeg / parametric inference = {r['model_ratio']:.2f}x (target <= {TARGETS['inference_ratio_max']}x): {verdict(ok)}")
+    mem = res["peak_memory"]
+    if mem.get("parametric_bytes") and mem.get("batched_bytes"):
+        for key, name in (("chunked_bytes", f"chunks of {mem.get('chunk_size')} pixels"), ("batched_bytes", "unchunked")):
+            if mem.get(key):
+                ok = mem[key] <= mem["parametric_bytes"]
+                checks[f"memory_{key}"] = ok
+                lines.append(f"C={mem['C']}: peak memory of the step, {name} = {mem[key] / 2**20:.0f} MiB vs parametric "
+                             f"{mem['K']}-prototype head {mem['parametric_bytes'] / 2**20:.0f} MiB (target <=): {verdict(ok)}")
     return {"targets": TARGETS, "checks": checks, "lines": lines}
 
 
