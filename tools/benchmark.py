@@ -390,12 +390,33 @@ def peak_bytes(fn: Callable[[], object], device: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def ignore_near_ties(prototypes_list, x, labels, gap: float = 1e-5) -> torch.Tensor:
+    """Labels with the pixels ignored where, for any of the given (C, K, D) prototype sets, two
+    prototypes of one class or the two best classes score within ``gap``. There the
+    implementations' products, which differ in shape and order (a float32 ulp near 1 is 6e-8), may
+    round apart and pick different maxima: a difference of rounding, not of math. Typically a few
+    dozen of the 1024-2048 pixels."""
+    tie = torch.zeros_like(labels, dtype=torch.bool)
+    with torch.no_grad():
+        for prototypes in prototypes_list:
+            C, K, D = prototypes.shape
+            sims = (x @ prototypes.reshape(C * K, D).t()).view(-1, C, K)
+            within = sims.topk(2, dim=2).values
+            best = sims.amax(dim=2).topk(2, dim=1).values
+            tie |= ((within[..., 0] - within[..., 1]).amin(dim=1) < gap) | (best[:, 0] - best[:, 1] < gap)
+    return torch.where(tie, torch.full_like(labels, IGNORE), labels)
+
+
 def equality_check(device: str, seed: int) -> Dict[str, object]:
     """Batched step vs both per-class loops on small inputs, two consecutive steps: equal math or
-    abort."""
+    abort (pixels at float32 near-ties of the maxima are ignored, see :func:`ignore_near_ties`)."""
     report = []
     for C, K, D, N, present in ((19, 10, 32, 1024, 19), (150, 10, 32, 2048, 60)):
         prototypes, x0, labels = make_problem(C, K, D, N, present, 0.1, seed, device)
+        # the prototypes of both steps: the second step's come from a dry run of the first
+        dry = make_memory(prototypes)
+        batched_step(dry, x0.clone().requires_grad_(True), labels)
+        labels = ignore_near_ties([prototypes, dry.prototypes], x0, labels)
         memory = make_memory(prototypes)
         state = {loop: prototypes.clone() for loop in LOOPS}
         worst = {"prototypes": 0.0, "losses": 0.0, "grad": 0.0}
