@@ -19,8 +19,9 @@ view), not class-major c*K + k: the maximum over K is then an elementwise maximu
 size 10 does not (measured on 2 CPU threads, N = 8192, C = 847: 10 ms against 107 ms for
 ``max(dim=-1)`` with indices). Everything returned is in the public class-major order.
 
-Passes. The forward makes, after the product, one pass for the class maximum, one (row-blocked,
-in cache) for its argmax, and three for the PPC log-sum-exp: ``(S - m_i) / tau`` in one fused
+Passes. The forward makes, after the product, one pass for the class maximum and its argmax (on
+CPU from 64 classes on: an ``amax``, then the argmax in cached row blocks), and three for the PPC
+log-sum-exp: ``(S - m_i) / tau`` in one fused
 ``add``, ``exp_`` and a row sum, where m_i = max_c scores[i, c] is the row maximum, read off the
 class scores for free. The buffer then holds exp((S - m_i) / tau), which is softmax(S / tau) up
 to a per-row factor; the backward scales it in place (one pass) instead of recomputing the softmax.
@@ -83,7 +84,8 @@ def _class_max(view: torch.Tensor, scores: torch.Tensor, best: torch.Tensor) -> 
     n, K, C = view.shape
     if view.is_cuda or C < _MIN_CLASSES_BLOCKED_ARGMAX or K > 255:
         # CUDA reduces over dim 1 well; on CPU the blocked form pays off from ~50 classes on
-        # (2 threads, N = 8192: C = 19: 2.0 ms against 3.5 ms; C = 150: 18 ms against 10 ms). (uint8 weights: K <= 255.)
+        # (2 threads, N = 8192: C = 19: 2.0 ms against 3.5 ms; C = 150: 18 ms against 10 ms).
+        # (The blocked form's uint8 weights need K <= 255.)
         torch.max(view, dim=1, out=(scores, best))
         return
     torch.amax(view, dim=1, out=scores)
