@@ -21,9 +21,8 @@ size 10 does not (measured on 2 CPU threads, N = 8192, C = 847: 10 ms against 10
 
 Passes. The forward makes, after the product, one pass for the class maximum and its argmax (on
 CPU from 64 classes on: an ``amax``, then the argmax in cached row blocks), and three for the PPC
-log-sum-exp: ``(S - m_i) / tau`` in one fused
-``add``, ``exp_`` and a row sum, where m_i = max_c scores[i, c] is the row maximum, read off the
-class scores for free. The buffer then holds exp((S - m_i) / tau), which is softmax(S / tau) up
+log-sum-exp: ``(S - m_i) / tau`` in one fused ``add``, ``exp_`` and a row sum, where
+m_i = max_c scores[i, c] is the row maximum, read off the class scores for free. The buffer then holds exp((S - m_i) / tau), which is softmax(S / tau) up
 to a per-row factor; the backward scales it in place (one pass) instead of recomputing the softmax.
 """
 from typing import Tuple
