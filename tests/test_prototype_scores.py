@@ -102,11 +102,27 @@ def test_a_second_backward_recomputes_the_consumed_buffer():
 
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean", "huber"])
-def test_nearest_class_scores_equal_the_max_over_the_class_major_similarities(distance):
+@pytest.mark.parametrize("chunk_size", [0, 7, 30])
+def test_nearest_class_scores_equal_the_max_over_the_class_major_similarities(distance, chunk_size):
     from protoseg.modeling import PrototypeMemory
 
     torch.manual_seed(0)
     memory = PrototypeMemory(7, 3, 5, distance=distance)
     x = torch.randn(30, 5)
     expected = memory.class_scores(memory.similarity(x))
-    assert torch.allclose(memory.nearest_class_scores(x), expected, atol=1e-6)
+    assert torch.allclose(memory.nearest_class_scores(x, chunk_size), expected, atol=1e-6)
+
+
+def test_chunked_nearest_class_scores_pass_the_same_gradient():
+    """Used with gradient during the warm-up (CE only): chunks must not cut the graph."""
+    from protoseg.modeling.prototype_scores import nearest_prototype_scores
+
+    torch.manual_seed(0)
+    protos = F.normalize(torch.randn(6, 4, 8), dim=-1)
+    weights = torch.randn(25, 6)
+    grads = []
+    for chunk_size in (0, 10):
+        x = F.normalize(torch.randn(25, 8, generator=torch.Generator().manual_seed(1)), dim=1).requires_grad_()
+        (nearest_prototype_scores(x, protos, chunk_size=chunk_size) * weights).sum().backward()
+        grads.append(x.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0

@@ -59,9 +59,10 @@ def add_protoseg_config(cfg):
     # features, or "huber" (Huberized Euclidean with HUBER_DELTA).
     cfg.MODEL.PROTOSEG.DISTANCE = "cosine"
     cfg.MODEL.PROTOSEG.HUBER_DELTA = 0.1
-    # Pixels per chunk of the similarity matrix in training (cosine): 0 keeps one N x C*K matrix for
-    # the backward (fastest); > 0 bounds the head's memory to CHUNK_SIZE x C*K and recomputes the
-    # product in the backward (for large vocabularies, e.g. ADE20K-Full's 847 classes).
+    # Pixels per chunk of the similarity matrix: 0 keeps one N x C*K matrix (in training for the
+    # backward; fastest); > 0 bounds the head's memory to CHUNK_SIZE x C*K, in training (recomputing
+    # the product in the backward; cosine) and at inference (for large vocabularies and images,
+    # e.g. ADE20K-Full's 847 classes).
     cfg.MODEL.PROTOSEG.CHUNK_SIZE = 0
     # std of the truncated normal that initialises the prototypes before l2-normalisation
     # (reference code; reference issue #19 asked how prototypes are initialised).

@@ -52,12 +52,18 @@ def prototype_major(prototypes: torch.Tensor) -> torch.Tensor:
 
 
 def nearest_prototype_scores(
-    x: torch.Tensor, prototypes: torch.Tensor, distance: str = "cosine", huber_delta: float = 0.1
+    x: torch.Tensor,
+    prototypes: torch.Tensor,
+    distance: str = "cosine",
+    huber_delta: float = 0.1,
+    chunk_size: int = 0,
 ) -> torch.Tensor:
     """Eq. 6 at inference: score of class c = similarity to its nearest prototype.
 
     Args:
         x: (N, D) embeddings. prototypes: (C, K, D).
+        chunk_size: > 0 computes ``chunk_size`` pixels at a time, so that at most chunk_size x C*K
+            similarities exist at once (large images with many classes); 0: all at once.
     Returns:
         (N, C) max_k sim(x_i, p_{c,k}); no (N, C*K) tensor other than the similarities themselves.
         For cosine the result is the transpose of a contiguous (C, N) tensor: the product is
@@ -66,10 +72,15 @@ def nearest_prototype_scores(
         the maximum over K is then an elementwise maximum of K contiguous (C, N) slabs.
     """
     C, K, _ = prototypes.shape
+    n = x.shape[0]
     protos = prototype_major(prototypes.to(x.dtype))
-    if distance == "cosine":
-        return (protos @ x.t()).view(K, C, -1).amax(dim=0).t()
-    return pairwise_similarity(x, protos, distance, huber_delta).view(-1, K, C).amax(dim=1)
+    step = chunk_size if 0 < chunk_size < n else max(n, 1)
+    chunks = [x[s : s + step] for s in range(0, max(n, 1), step)]
+    if distance == "cosine":  # (C, n_s) per chunk
+        parts = [(protos @ chunk.t()).view(K, C, -1).amax(dim=0) for chunk in chunks]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).t()
+    parts = [pairwise_similarity(chunk, protos, distance, huber_delta).view(-1, K, C).amax(dim=1) for chunk in chunks]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
 def _class_max(view: torch.Tensor, scores: torch.Tensor, best: torch.Tensor) -> None:

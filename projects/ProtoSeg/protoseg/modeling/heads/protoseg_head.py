@@ -152,7 +152,7 @@ class ProtoSegHead(DecoderClassifierHead):
             )
             extras = (x, labels, own, lse)
         else:
-            flat_scores = self.memory.nearest_class_scores(x)  # (N, C)
+            flat_scores = self.memory.nearest_class_scores(x, self.chunk_size)  # (N, C)
             extras = None
         flat_scores = self.normalize_scores(flat_scores)
         # (N, C) in either memory order (inference gives the transpose of a (C, N) tensor) ->
