@@ -81,3 +81,24 @@ def test_skip_limit_zero_is_detectron2s_behaviour():
     loop = ProtoSegTrainLoop(model, [nan_batch(0)], torch.optim.SGD(model.parameters(), lr=0.01), skip_limit=0)
     with pytest.raises(FloatingPointError):
         run(loop, 1)
+
+
+def test_mixed_precision_steps_train_and_keep_unit_prototypes():
+    """SOLVER.AMP.ENABLED: the step runs under autocast (bfloat16 on CPU); the prototype memory is
+    still updated in float32 and stays finite and unit-norm, and the weights move."""
+    torch.manual_seed(0)
+    model = build_model(toy_cfg(opts=["MODEL.SEM_SEG_HEAD.DROPOUT", 0.0]))
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    before = model.sem_seg_head.decoder.convs[0].weight.detach().clone()
+    protos_before = model.sem_seg_head.memory.prototypes.clone()
+    loop = ProtoSegTrainLoop(model, [random_batch(n=2, size=64, seed=s) for s in range(3)], optimizer, amp=True)
+    storage = run(loop, 3)
+    protos = model.sem_seg_head.memory.prototypes
+    assert protos.dtype == torch.float32 and torch.isfinite(protos).all()
+    assert torch.allclose(protos.norm(dim=-1), torch.ones(protos.shape[:2]), atol=1e-5)
+    assert not torch.equal(protos, protos_before)
+    assert not torch.equal(model.sem_seg_head.decoder.convs[0].weight, before)
+    logged = {k: v[0] for k, v in storage.latest().items() if k.startswith("loss_")}
+    assert loop.total_skips == 0 and {"loss_ce", "loss_ppc", "loss_ppd"} <= set(logged)
+    assert all(torch.isfinite(torch.tensor(v)) for v in logged.values())
