@@ -78,16 +78,12 @@ def sinkhorn_knopp(
         # (classes without pixels keep -inf, and are never read)
         L = torch.add(class_max.mul_(-1.0 / kappa)[labels, None], scores, alpha=1.0 / kappa).exp_()  # (n, K)
 
-        # Pixel count per class (and, only without iterations, total mass per class).
-        totals = scores.new_zeros((2 if iters == 0 else 1, num_classes))
-        totals[0].index_add_(0, labels, torch.ones_like(labels, dtype=scores.dtype))
-        if iters == 0:
-            totals[1].index_add_(0, labels, L.sum(dim=1))
-        reduce(totals)
-        count = totals[0].clamp_min(1.0)
-        if iters == 0:
-            L.mul_(totals[1].clamp_min(tiny).reciprocal_()[labels, None])
-        pixel_share = count.reciprocal()[labels]  # (n,) 1 / n_c of each pixel's class
+        count = reduce(scores.new_zeros(num_classes).index_add_(0, labels, torch.ones_like(scores[:, 0])))
+        pixel_count = count.clamp_min_(1.0)[labels]  # (n,) n_c of each pixel's class
+        pixel_share = pixel_count.reciprocal()
+        if iters == 0:  # Algorithm 1's "L /= sum(L)"; with iterations the first step removes it
+            mass = reduce(scores.new_zeros(num_classes).index_add_(0, labels, L.sum(dim=1)))
+            L.mul_(mass.clamp_min_(tiny).reciprocal_()[labels, None])
         for _ in range(iters):
             # Prototype marginal (rows of Algorithm 1's K x n matrix): sum over the class's pixels.
             proto_sums = scores.new_zeros(num_classes * num_protos).index_add_(0, slots.view(-1), L.view(-1))
@@ -96,5 +92,5 @@ def sinkhorn_knopp(
             L.mul_(torch.take(proto_sums.clamp_min_(tiny).reciprocal_(), slots))
             # Pixel marginal (columns of Algorithm 1's matrix).
             L.mul_(L.sum(dim=1).clamp_min_(tiny).reciprocal_().mul_(pixel_share)[:, None])
-        L.mul_(count[labels, None])
+        L.mul_(pixel_count[:, None])
     return L

@@ -48,7 +48,8 @@ def own_class_similarities(proto_logits: torch.Tensor, labels: torch.Tensor, num
 def prototype_major(prototypes: torch.Tensor) -> torch.Tensor:
     """(C, K, D) -> (K*C, D) contiguous copy, row k*C + c = prototype k of class c."""
     C, K, D = prototypes.shape
-    return prototypes.transpose(0, 1).reshape(K * C, D).clone()
+    # one copy, also when the transpose is already contiguous (C or K = 1) and reshape would not copy
+    return prototypes.transpose(0, 1).clone(memory_format=torch.contiguous_format).view(K * C, D)
 
 
 def nearest_prototype_scores(
