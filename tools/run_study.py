@@ -13,6 +13,8 @@
 Every (variant, seed) is one run of train_net.py's main in its own process and OUTPUT_DIR
 (``<output-dir>/runs/<config hash>/seed<N>``); finished runs are detected from their
 study_result.json and not run again. Tables and plots: ``<output-dir>/<study>/<study>.{csv,md,png}``.
+``--iters N`` shortens the schedule, warm-up included: the warm-up is capped at
+SOLVER.MAX_WARMUP_FRACTION of N (``protoseg.solver.effective_warmup_iters``).
 See docs/REPRODUCTION.md and ``protoseg/study.py``.
 """
 import argparse
@@ -24,8 +26,10 @@ from protoseg.study import STUDIES, TOY_STUDY_CONFIG, RunnerOptions, StudyContex
 
 # --quick: 1 seed, 4 iterations of batch 2 on 64x64 images, 8 + 4 images per dataset, vocabulary of
 # 4 and 8 classes: a smoke test of the whole pipeline (tables, plot, resume), not a measurement.
+# No warm-up: 4 iterations leave none under SOLVER.MAX_WARMUP_FRACTION 0.1 (it would be cut to 0,
+# with a warning per run).
 QUICK_OPTS = ["INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MIN_SIZE_TEST", 64, "INPUT.CROP.SIZE", (64, 64),
-              "SOLVER.IMS_PER_BATCH", 2, "SOLVER.WARMUP_ITERS", 1]
+              "SOLVER.IMS_PER_BATCH", 2, "SOLVER.WARMUP_ITERS", 0]
 QUICK_ITERS = 4
 QUICK_VOCABULARY = (4, 8)
 
@@ -42,7 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
     p.add_argument("--quick", action="store_true", help="1 seed, 4 iterations, tiny data (smoke test)")
     p.add_argument("--output-dir", type=Path, default=Path("output/study"))
-    p.add_argument("--iters", type=int, default=None, help="SOLVER.MAX_ITER of every run")
+    p.add_argument("--iters", type=int, default=None,
+                   help="SOLVER.MAX_ITER of every run; the config's warm-up is capped at "
+                        "SOLVER.MAX_WARMUP_FRACTION (0.1) of it, e.g. 1500 -> 100 at --iters 1000")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2: one per core)")
     p.add_argument("--threads", type=int, default=1, help="OMP/torch threads per run (default 1)")
     p.add_argument("--num-gpus", type=int, default=1, help="train_net.py --num-gpus of each run")

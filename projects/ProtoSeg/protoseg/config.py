@@ -9,6 +9,7 @@ from detectron2.projects.deeplab import add_deeplab_config
 from .data.config import add_data_config
 from .modeling.backbones.config import add_backbone_config
 from .modeling.decoders.config import add_decoder_config
+from .modeling.heads.config import add_head_config
 
 __all__ = ["add_protoseg_config"]
 
@@ -52,8 +53,11 @@ def add_protoseg_config(cfg):
     # LayerNorm over the D channels of each pixel embedding before the l2-normalisation
     # (reference code's "feat_norm").
     cfg.MODEL.PROTOSEG.FEATURE_LAYERNORM = True
-    # Projection of the decoder features: "none" (paper: the decoder output is the embedding) or
-    # "mlp" (reference code: 1x1 conv, ReLU, 1x1 conv, D -> D).
+    # Projection of the decoder features: "none" (paper: the decoder output is the embedding),
+    # "mlp" (1x1 conv, ReLU, 1x1 conv, D -> D), or "reference_mlp": the reference code's
+    # ProjectionHead exactly, the mlp followed by an l2-normalisation over the image WIDTH (its
+    # ``F.normalize(proj(x), dim=-1)`` on a (B, D, h, w) tensor; the LayerNorm after it does not undo
+    # it). "reference_mlp" is for the reference config and its released checkpoint only.
     cfg.MODEL.PROTOSEG.PROJECTION = "none"
     # Pixel-prototype distance (Table 5d): "cosine" (paper), "euclidean" on unnormalised
     # features, or "huber" (Huberized Euclidean with HUBER_DELTA).
@@ -98,6 +102,13 @@ def add_protoseg_config(cfg):
     # Learning-rate multiplier of every parameter outside the backbone (decoder, classifier, aux
     # head); mmseg's SegFormer recipe: 10 ("head": lr_mult 10).
     cfg.SOLVER.HEAD_LR_MULTIPLIER = 1.0
+    # Longest warm-up, as a fraction of SOLVER.MAX_ITER: the schedule warms up over
+    # min(SOLVER.WARMUP_ITERS, floor(MAX_WARMUP_FRACTION * MAX_ITER)) iterations (every
+    # LR_SCHEDULER_NAME), with a warning when that is shorter than WARMUP_ITERS. A warm-up ramps
+    # towards the learning rate at its end, so the AdamW recipes' 1500 iterations in a short run
+    # would otherwise train at ~0 lr. The paper's schedules (1500 of 40k-160k) are unchanged.
+    # In (0, 1]; 1.0: never shortened (beyond MAX_ITER itself).
+    cfg.SOLVER.MAX_WARMUP_FRACTION = 0.1
     # Metric that selects the best checkpoint (model_best.pth) at each evaluation; "" disables.
     cfg.SOLVER.BEST_CHECKPOINT_METRIC = "sem_seg/mIoU"
     # A step whose loss is NaN/Inf is skipped (parameters, optimizer state and prototypes left
@@ -108,4 +119,5 @@ def add_protoseg_config(cfg):
     # ---- keys owned by their modules -----------------------------------------------------------
     add_backbone_config(cfg)
     add_decoder_config(cfg)
+    add_head_config(cfg)
     add_data_config(cfg)

@@ -1,4 +1,7 @@
 """Optimizer (SGD or AdamW) and poly learning-rate schedule with warm-up (paper Sec. 5.1)."""
+import logging
+import math
+
 import torch
 from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 
@@ -6,7 +9,9 @@ from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
 
-__all__ = ["build_optimizer", "build_lr_scheduler"]
+__all__ = ["build_optimizer", "build_lr_scheduler", "effective_warmup_iters"]
+
+logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("SGD", "ADAMW")
 
@@ -63,17 +68,58 @@ def split_head_groups(groups, model: torch.nn.Module, lr_multiplier: float):
     return split
 
 
+def effective_warmup_iters(cfg) -> int:
+    """The warm-up length the schedule uses: ``min(SOLVER.WARMUP_ITERS, floor(SOLVER.MAX_WARMUP_FRACTION
+    * SOLVER.MAX_ITER))``.
+
+    Detectron2's warm-up ramps towards the schedule's value at the *end* of the warm-up, so a
+    warm-up as long as the run (e.g. the AdamW recipes' 1500 iterations in a 1000-iteration run)
+    ramps towards the poly value 0 and trains at ~0 learning rate. Capping it at a fraction of the
+    run keeps short runs real; the paper's schedules (1500 of 40k-160k) are left unchanged.
+    """
+    max_iter, fraction = cfg.SOLVER.MAX_ITER, cfg.SOLVER.MAX_WARMUP_FRACTION
+    if max_iter <= 0:
+        raise ValueError(f"SOLVER.MAX_ITER must be > 0, got {max_iter}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"SOLVER.MAX_WARMUP_FRACTION must be in (0, 1], got {fraction}")
+    if cfg.SOLVER.WARMUP_ITERS < 0:
+        raise ValueError(f"SOLVER.WARMUP_ITERS must be >= 0, got {cfg.SOLVER.WARMUP_ITERS}")
+    # (the epsilon keeps e.g. 0.29 * 100 = 28.999999999999996 at 29)
+    return min(int(cfg.SOLVER.WARMUP_ITERS), math.floor(fraction * max_iter + 1e-9))
+
+
+def _warmup_cfg(cfg):
+    """``cfg`` itself when its warm-up is used as it is, else a clone with the effective
+    ``SOLVER.WARMUP_ITERS`` (and one warning)."""
+    warmup = effective_warmup_iters(cfg)
+    if warmup == cfg.SOLVER.WARMUP_ITERS:
+        return cfg
+    logger.warning(
+        "SOLVER.WARMUP_ITERS=%d is more than SOLVER.MAX_WARMUP_FRACTION=%g of SOLVER.MAX_ITER=%d: "
+        "warming up over %d iterations instead (a warm-up ramps towards the learning rate at its end; "
+        "set SOLVER.WARMUP_ITERS or SOLVER.MAX_WARMUP_FRACTION to choose another)",
+        cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_WARMUP_FRACTION, cfg.SOLVER.MAX_ITER, warmup,
+    )
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.WARMUP_ITERS = warmup
+    return cfg
+
+
 def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
     """``WarmupPolyLR``: lr = base_lr * (1 - iter / MAX_ITER) ** POLY_LR_POWER after a warm-up of
     ``SOLVER.WARMUP_ITERS``; Detectron2's own schedules for any other ``LR_SCHEDULER_NAME``.
+    For every schedule the warm-up is capped at ``SOLVER.MAX_WARMUP_FRACTION`` of the run
+    (:func:`effective_warmup_iters`), with a warning when that changes it.
     The returned scheduler's state is part of every checkpoint, so ``--resume`` continues it.
     """
+    cfg = _warmup_cfg(cfg)
     if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
         return build_d2_lr_scheduler(cfg, optimizer)
     sched = WarmupParamScheduler(
         PolynomialDecayParamScheduler(1.0, cfg.SOLVER.POLY_LR_POWER),
         cfg.SOLVER.WARMUP_FACTOR,
-        min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
+        cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER,
         cfg.SOLVER.WARMUP_METHOD,
     )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)

@@ -1,0 +1,19 @@
+"""Configuration keys read by every segmentation head (``heads/base.py``); called by
+``add_protoseg_config``."""
+
+__all__ = ["add_head_config"]
+
+
+def add_head_config(cfg):
+    """Add the keys shared by all heads to ``cfg`` in place."""
+    head = cfg.MODEL.SEM_SEG_HEAD
+    # Per-class weights of the CE (and of the auxiliary head's CE): one float > 0 per class, the
+    # loss then being sum_i w_{y_i} l_i / sum_i w_{y_i} over the valid pixels (torch's weighted
+    # "mean"). Empty: unweighted (the paper, mmseg). The reference code weights its Cityscapes CE
+    # with 19 weights (tfzhou/ProtoSeg configs/cityscapes/H_48_D_4_proto.json "ce_weight").
+    # Checked when the head is built: NUM_CLASSES values, all finite and > 0.
+    head.CLASS_WEIGHTS = []
+    # align_corners of the bilinear upsampling of the class scores, for the CE (to the labels'
+    # size) and at inference (to stride x their size). False: mmseg; True: the reference code
+    # (lib/loss/loss_proto.py, segmentor/tester.py ss_test).
+    head.UPSAMPLE_ALIGN_CORNERS = False
