@@ -11,6 +11,8 @@ setup(
     description="ProtoSeg (Rethinking Semantic Segmentation: A Prototype View, CVPR 2022) for Detectron2",
     package_dir={"": "projects/ProtoSeg"},
     packages=find_packages("projects/ProtoSeg"),
+    # ADE20K-Full's fixed 847-class table (MaskFormer's), read by protoseg/data/ade20k_full.py
+    package_data={"protoseg.data": ["tables/*.tsv"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=1.10",

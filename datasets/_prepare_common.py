@@ -25,25 +25,24 @@ class PrepareError(RuntimeError):
     """Raw input that cannot be converted; the message names the file and what is wrong."""
 
 
-def _load_labels_module():
-    """``protoseg/data/labels.py`` loaded on its own (numpy + Pillow only); the installed
-    ``protoseg.data.labels`` if this script was copied away from the source tree."""
-    name = "_protoseg_labels_standalone"
+def load_data_module(module: str):
+    """``protoseg/data/<module>.py`` loaded on its own (a module that needs numpy + Pillow at most,
+    e.g. ``labels``, ``ade20k_full``); the installed ``protoseg.data.<module>`` if this script was
+    copied away from the source tree."""
+    name = f"_protoseg_{module}_standalone"
     if name in sys.modules:
         return sys.modules[name]
-    path = _PROJECT_DIR / "protoseg" / "data" / "labels.py"
+    path = _PROJECT_DIR / "protoseg" / "data" / f"{module}.py"
     if path.is_file():
         spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-        return module
-    from protoseg.data import labels
-
-    return labels
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[name] = loaded  # before exec: dataclasses / NamedTuple look the module up
+        spec.loader.exec_module(loaded)
+        return loaded
+    return importlib.import_module(f"protoseg.data.{module}")
 
 
-labels = _load_labels_module()
+labels = load_data_module("labels")
 
 
 def default_root(subdir: str) -> Path:

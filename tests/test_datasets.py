@@ -15,6 +15,7 @@ from scipy.io import savemat
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from protoseg.data import builtin, datasets_root
+from protoseg.data.ade20k_full import ade20k_full_classes
 from protoseg.data.datasets import register_folder_dataset
 from protoseg.data.labels import read_label_map, reduce_zero_label
 from protoseg.data.validation import check_dataset_dict
@@ -186,58 +187,133 @@ def test_coco_stuff_10k(tmp_path):
     assert "COCO_train2014_000000000079.mat" in err and "'S'" in err and "['labels']" in err
 
 
-def _ade_colour(c):
-    """The ``*_seg.png`` colour of ADE20K class index c (R // 10 * 256 + G = c)."""
-    return (c // 256) * 10 + 3, c % 256, 7  # +3: R is read with // 10; B (instances) is unused
+# ADE20K-Full. Facts of MaskFormer's 847-class table (ADE_SEM_SEG_FULL_CATEGORIES: ADE20K class
+# index -> trainId, name), written out here so that the expected labels do not come from the
+# shipped table under test. 165 is below 256; the others need the full R // 10 * 256 + G decoding.
+ADE_FULL_FACTS = {
+    2978: (0, "wall"), 312: (1, "building, edifice"), 2420: (2, "sky"), 165: (7, "bed"),
+    569: (299, "coffee maker"), 3108: (300, "altar, communion table, lord's table"),
+    3058: (499, "windshield, windscreen"), 430: (500, "cat"), 2494: (699, "spice rack"),
+    1908: (700, "plant pots"), 2826: (845, "towel rail"), 3148: (846, "adding machine, totalizer, totaliser"),
+}
+ADE_OUTSIDE = (1, 3500)  # ADE20K class indices the table lacks
+ADE_FULL_RAW = {  # (split, stem) -> ADE20K class indices; 0 = unlabelled
+    ("training", "ADE_train_00000001"): np.array(
+        [[2978, 312, 165, 569, 3108, 3058], [430, 2494, 1908, 3148, 1, 3500],
+         [0, 0, 2978, 2978, 3500, 3500], [2978] * 6]),
+    # short side 520 > 512: resized to 512 x 591 (image bilinear, mask nearest)
+    ("training", "ADE_train_00000002"): np.pad(np.full((520, 300), 2978), ((0, 0), (0, 300)), constant_values=2420),
+    # towel rail (845) appears in validation only: it keeps its train id
+    ("validation", "ADE_val_00000001"): np.array(
+        [[2978, 2420, 2826, 165, 0, 1], [2978, 2978, 2826, 165, 0, 1], [2420] * 6, [2420] * 6]),
+}
 
 
 def _save_seg(path, class_hw):
-    rgb = np.zeros(class_hw.shape + (3,), np.uint8)
-    for c in np.unique(class_hw):
-        rgb[class_hw == c] = _ade_colour(int(c)) if c else (0, 0, 0)
-    save_png(path, rgb)
+    """ADE20K's colour code: R = class // 256 * 10, G = class % 256 (B, the instances, unused)."""
+    rgb = np.stack([class_hw // 256 * 10, class_hw % 256, np.full_like(class_hw, 7)], -1)
+    save_png(path, rgb.astype(np.uint8))
 
 
-def _pixels(classes, fill, shape=(24, 24)):
-    """A mask with one pixel per class in ``classes`` (a class listed twice gets two), rest ``fill``."""
-    flat = np.full(shape[0] * shape[1], fill, np.int64)
-    flat[: len(classes)] = classes
-    return flat.reshape(shape)
+def _maskformer_train_ids(raw):
+    """MaskFormer's conversion of ADE20K class indices: resize (short side 512, nearest, int32)
+    and trainId of the table, 65535 elsewhere."""
+    import cv2
+
+    h, w = raw.shape
+    if min(h, w) > 512:
+        size = (512, round(w / h * 512)) if h <= w else (round(h / w * 512), 512)
+        raw = cv2.resize(raw.astype(np.int32), size[::-1], interpolation=cv2.INTER_NEAREST)
+    out = np.full(raw.shape, 65535, np.int64)
+    for c, (train_id, _) in ADE_FULL_FACTS.items():
+        out[raw == c] = train_id
+    return out
 
 
 @pytest.fixture(scope="module")
 def ade20k_full(tmp_path_factory):
-    """A tiny ADE20K_2021_17_01 with 302 classes in both splits plus class 400 (train only) and 401
-    (val only), constructed so that the ranking is known:
-
-    - 280 and 1 are in all 4 training images; 280 has more pixels -> ranks 0 and 1;
-    - 2..298 (but 280) are in 3 training images -> ranks 2..297 by class index;
-    - 299..302 are in 1 training image; 301 has 3 pixels -> rank 298, then 299, 300, 302 by index
-      (299 -> rank 299 is the last one of ADE20K-300; 300 and 302 are dropped there).
-    Image D (30x40) is resized to short side 24.
-    """
+    """A tiny ADE20K_2021_17_01 in the official layout, prepared as a user does."""
     base = tmp_path_factory.mktemp("adefull")
     root = base / "ADE20K_2021_17_01"
-    train_dir, val_dir = "images/ADE/training/urban/street", "images/ADE/validation/urban/street"
-    masks = {
-        ("training", "ADE_train_00000001"): _pixels(list(range(1, 303)) + [301, 301], 0),
-        ("training", "ADE_train_00000002"): _pixels(list(range(1, 299)) + [400], 280),
-        ("training", "ADE_train_00000003"): _pixels(list(range(1, 299)), 280),
-        ("training", "ADE_train_00000004"): np.concatenate([np.full((30, 20), 1), np.full((30, 20), 280)], 1),
-        ("validation", "ADE_val_00000001"): _pixels(list(range(1, 303)) + [401], 0),
-    }
-    index = {"filename": [], "folder": [], "objectnames": [f"name of {c}" for c in range(1, 501)]}
-    for i, ((split, stem), mask) in enumerate(masks.items()):
-        folder = train_dir if split == "training" else val_dir
-        save_jpg(root / folder / f"{stem}.jpg", *mask.shape, seed=i)
-        _save_seg(root / folder / f"{stem}_seg.png", mask)
+    names = [f"object {c}" for c in range(1, 3689)]  # the release's index has 3688 objectnames
+    for c, (_, name) in ADE_FULL_FACTS.items():
+        names[c - 1] = name
+    index = {"filename": [], "folder": [], "objectnames": names, "objectPresence": np.zeros((3688, 3), np.int64)}
+    for i, ((split, stem), raw) in enumerate(ADE_FULL_RAW.items()):
+        folder = f"images/ADE/{split}/urban/street"
+        save_jpg(root / folder / f"{stem}.jpg", *raw.shape, seed=i)
+        _save_seg(root / folder / f"{stem}_seg.png", raw)
         index["filename"].append(f"{stem}.jpg")
         index["folder"].append(f"ADE20K_2021_17_01/{folder}")
-    index["objectPresence"] = np.zeros((500, len(masks)), np.int64)
     with open(root / "index_ade20k.pkl", "wb") as f:
         pickle.dump(index, f)
-    out = prepare("prepare_ade20k_full_sem_seg.py", root, "--max-short-side", "24", "--num-workers", "2")
+    out = prepare("prepare_ade20k_full_sem_seg.py", root, "--num-workers", "2")
     return base, root, out.stdout
+
+
+def test_ade20k_full_table():
+    classes = ade20k_full_classes()
+    assert [c.train_id for c in classes] == list(range(847))
+    assert len({c.ade_index for c in classes}) == 847
+    by_index = {c.ade_index: (c.train_id, c.name) for c in classes}
+    assert {c: by_index[c] for c in ADE_FULL_FACTS} == ADE_FULL_FACTS
+    assert not set(ADE_OUTSIDE) & set(by_index)
+
+
+def test_ade20k_full_table_errors(tmp_path):
+    bad = tmp_path / "table.tsv"
+    bad.write_text("# comment\ntrain_id\tade_index\tname\n0\t2978\twall\n2\t312\tbuilding, edifice\n")
+    with pytest.raises(ValueError, match=r"table.tsv, line 4: .*expected train_id 1"):
+        ade20k_full_classes(bad)
+    bad.write_text("train_id\tade_index\tname\n0\t2978\twall\n")
+    with pytest.raises(ValueError, match="has 1 classes; expected 847"):
+        ade20k_full_classes(bad)
+
+
+def test_ade20k_full_labels(ade20k_full):
+    """Every label map equals MaskFormer's train ids, pixel by pixel; ADE20K-x keeps ids < x."""
+    _, root, _ = ade20k_full
+    for (split, stem), raw in ADE_FULL_RAW.items():
+        expected = _maskformer_train_ids(raw)
+        full = root / "annotations_detectron2" / split / f"{stem}.png"
+        assert Image.open(full).mode == "I;16"
+        assert np.array_equal(read_label_map(full), expected), stem
+        for x in (300, 500, 700):
+            vocab = read_label_map(root / f"annotations_detectron2_{x}" / split / f"{stem}.png")
+            assert np.array_equal(vocab, np.where(expected < x, expected, 65535)), (stem, x)
+        with Image.open(root / "images_detectron2" / split / f"{stem}.jpg") as img:
+            assert img.size[::-1] == expected.shape
+    assert _maskformer_train_ids(ADE_FULL_RAW[("training", "ADE_train_00000002")]).shape == (512, 591)
+    first = read_label_map(root / "annotations_detectron2" / "training" / "ADE_train_00000001.png")
+    assert first[:2].tolist() == [[0, 1, 7, 299, 300, 499], [500, 699, 700, 846, 65535, 65535]]
+    assert read_label_map(root / "annotations_detectron2" / "validation" / "ADE_val_00000001.png")[0, 2] == 845
+    first300 = read_label_map(root / "annotations_detectron2_300" / "training" / "ADE_train_00000001.png")
+    assert first300[0].tolist() == [0, 1, 7, 299, 65535, 65535]
+    assert not (root / "annotations_detectron2_847").exists()  # ADE20K-847 is the full label set
+
+
+def test_ade20k_full_report(ade20k_full):
+    """The report names what the data and the table disagree on; the labels above ignore it."""
+    _, root, stdout = ade20k_full
+    report = (root / "ade20k_full_report.txt").read_text()
+    assert report in stdout
+    assert "table classes absent from both splits: 835 ('3 tree', '4 road, route'," in report
+    assert "table classes absent from training only: 1 ('845 towel rail')" in report
+    assert "table classes absent from validation only: 8 ('1 building, edifice', '299 coffee maker'," in report
+    assert "class indices in the data but not in the table: 2," in report
+    assert "index 3500 'object 3500': 3 pixels" in report and "index 1 'object 1': 3 pixels" in report
+    # data order: wall (2 images), sky (1 image, most pixels), the other 1-image classes, then the
+    # absent ones in table order: 294 of the table's first 300 are among the data's first 300
+    assert "ADE20K-300: 6 of the table's first 300 classes are not among the data's 300 most frequent" in report
+    assert "Spearman rank correlation" in report
+    rows = {r["ade_index"]: r for r in _tsv(root / "ade20k_full_class_stats.tsv")}
+    assert len(rows) == 847 + 2
+    resized_wall = (_maskformer_train_ids(ADE_FULL_RAW[("training", "ADE_train_00000002")]) == 0).sum()
+    assert rows["2978"] == {"train_id": "0", "ade_index": "2978", "name": "wall", "index_name": "wall",
+                            "train_images": "2", "train_pixels": str(9 + resized_wall), "val_images": "1",
+                            "val_pixels": "3"}
+    assert (rows["3500"]["train_id"], rows["3500"]["train_pixels"]) == ("", "3")
+    assert rows["2826"]["train_images"] == "0" and rows["2826"]["val_images"] == "1"
 
 
 def _tsv(path):
@@ -246,58 +322,53 @@ def _tsv(path):
     return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
 
 
-def test_ade20k_full_vocabulary(ade20k_full):
-    _, root, stdout = ade20k_full
-    assert "302 classes appear in both training and validation" in stdout
-    rows = _tsv(root / "ade20k_full_classes.tsv")
-    order = [int(r["ade_index"]) for r in rows]
-    assert order[:4] == [280, 1, 2, 3]
-    assert order[-4:] == [301, 299, 300, 302]
-    assert 400 not in order and 401 not in order  # seen in one split only
-    assert rows[0] == {"id": "0", "full_id": "0", "ade_index": "280", "name": "name of 280", "train_images": "4",
-                       "train_pixels": str(1 + (1 + 576 - 299) + (1 + 576 - 298) + 24 * 16), "val_images": "1", "val_pixels": "1"}
-    assert rows[298]["train_pixels"] == "3" and rows[299]["train_pixels"] == "1"
-    vocab = _tsv(root / "ade20k_full_vocab_300.tsv")
-    assert [int(r["ade_index"]) for r in vocab] == order[:300]
-    assert not (root / "ade20k_full_vocab_500.tsv").exists()  # only 302 classes
-    assert not (root / "annotations_detectron2_500").exists()
-
-
-def test_ade20k_full_labels(ade20k_full):
-    base, root, _ = ade20k_full
-    order = [int(r["ade_index"]) for r in _tsv(root / "ade20k_full_classes.tsv")]
-    full_id = {c: i for i, c in enumerate(order)}
-    img1 = root / "annotations_detectron2" / "training" / "ADE_train_00000001.png"
-    assert Image.open(img1).mode == "I;16"
-    full = read_label_map(img1).ravel()
-    expected = [full_id[c] for c in range(1, 303)]
-    assert full[:302].tolist() == expected
-    assert full[302:304].tolist() == [298, 298] and set(full[304:].tolist()) == {65535}  # 301 twice; unlabelled
-    assert full[301] == full_id[302] == 301  # an id above 255 survives
-    split300 = read_label_map(root / "annotations_detectron2_300" / "training" / "ADE_train_00000001.png").ravel()
-    assert split300[298] == 299 and split300[299] == 65535 and split300[301] == 65535  # classes 299 / 300 / 302
-    assert split300[279] == 0  # class 280 is the most frequent
-    train2 = read_label_map(root / "annotations_detectron2" / "training" / "ADE_train_00000002.png").ravel()
-    assert train2[298] == 65535  # class 400 (train only) is dropped
-    resized = Image.open(root / "images_detectron2" / "training" / "ADE_train_00000004.jpg")
-    assert resized.size == (32, 24)
-    d_labels = read_label_map(root / "annotations_detectron2" / "training" / "ADE_train_00000004.png")
-    assert d_labels.shape == (24, 32) and set(np.unique(d_labels).tolist()) == {0, 1}
-
+def test_ade20k_full_registration(ade20k_full, tmp_path):
+    names = [c.name for c in ade20k_full_classes()]
+    builtin.register_ade20k_full(tmp_path)  # not prepared: the classes are known all the same
+    assert MetadataCatalog.get("ade20k_full_sem_seg_val").stuff_classes == names
+    base, _, _ = ade20k_full
     builtin.register_ade20k_full(base)
     meta = MetadataCatalog.get("ade20k_full_sem_seg_train")
-    assert (len(meta.stuff_classes), meta.ignore_label, meta.stuff_classes[0]) == (302, 65535, "name of 280")
-    meta300 = MetadataCatalog.get("ade20k_full_300_sem_seg_val")
-    assert len(meta300.stuff_classes) == 300 and meta300.stuff_classes[299] == "name of 299"
-    assert len(DatasetCatalog.get("ade20k_full_sem_seg_train")) == 4
-    val300 = labels_of("ade20k_full_300_sem_seg_val")["ADE_val_00000001.jpg"].ravel()
-    assert val300[279] == 0 and val300[301] == 65535
-    for d in DatasetCatalog.get("ade20k_full_300_sem_seg_train"):
-        assert check_dataset_dict(d, 300, 65535)[0] == []
-    assert "stuff_classes" not in MetadataCatalog.get("ade20k_full_847_sem_seg_train").as_dict()
+    assert (len(meta.stuff_classes), meta.ignore_label, meta.evaluator_type) == (847, 65535, "sem_seg")
+    assert meta.stuff_classes[0] == "wall" and meta.stuff_classes[846] == "adding machine, totalizer, totaliser"
+    for x in (300, 500, 700, 847):
+        for s in ("train", "val"):
+            assert MetadataCatalog.get(f"ade20k_full_{x}_sem_seg_{s}").stuff_classes == names[:x]
+    assert MetadataCatalog.get("ade20k_full_847_sem_seg_val").sem_seg_root == [
+        str(base / "ADE20K_2021_17_01" / "annotations_detectron2" / "validation")]
+    assert len(DatasetCatalog.get("ade20k_full_sem_seg_train")) == 2
+    val300 = labels_of("ade20k_full_300_sem_seg_val")["ADE_val_00000001.jpg"]
+    assert val300[0].tolist() == [0, 2, 65535, 7, 65535, 65535]
+    for d in DatasetCatalog.get("ade20k_full_700_sem_seg_train"):
+        assert check_dataset_dict(d, 700, 65535)[0] == []
     # 16-bit labels (ids up to 299, ignore 65535) through the mapper, the head and the evaluator
     log = train_and_evaluate(base, "ade20k_full/protoseg_segformer_MiT-B2_300cls_bs16_40k.yaml", base / "run300")
     assert "Per-class results on ade20k_full_300_sem_seg_val" in log
+
+
+def test_ade20k_full_maskformer_tif(tmp_path):
+    """Labels prepared by MaskFormer's script (16-bit TIFF, same train ids) serve the full dataset."""
+    root = tmp_path / "ADE20K_2021_17_01"
+    for split, stem in (("training", "ADE_train_00000001"), ("validation", "ADE_val_00000001")):
+        save_jpg(root / "images_detectron2" / split / f"{stem}.jpg", 3, 4)
+        tif = np.array([[0, 846, 65535, 5]] * 3, np.uint16)
+        save_png(root / "annotations_detectron2" / split / f"{stem}.tif", tif)
+    builtin.register_ade20k_full(tmp_path)
+    (d,) = DatasetCatalog.get("ade20k_full_sem_seg_val")
+    assert d["sem_seg_file_name"].endswith("ADE_val_00000001.tif")
+    assert read_label_map(d["sem_seg_file_name"])[0].tolist() == [0, 846, 65535, 5]
+    assert check_dataset_dict(d, 847, 65535)[0] == []
+    with pytest.raises(FileNotFoundError, match="annotations_detectron2_500.*MaskFormer's preparation writes only"):
+        DatasetCatalog.get("ade20k_full_500_sem_seg_val")
+
+
+def test_ade20k_full_index_is_not_unpickled_blindly(tmp_path):
+    """index_ade20k.pkl may hold builtins and numpy arrays only: any other global is refused."""
+    root = tmp_path / "ADE20K_2021_17_01"
+    root.mkdir()
+    (root / "index_ade20k.pkl").write_bytes(pickle.dumps({"filename": [], "folder": [], "objectnames": [Path("x")]}))
+    err = prepare("prepare_ade20k_full_sem_seg.py", root, expect_ok=False).stderr
+    assert "index_ade20k.pkl cannot be read" in err and "global pathlib" in err
 
 
 def test_missing_dataset_errors(tmp_path):

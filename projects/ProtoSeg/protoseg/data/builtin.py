@@ -8,12 +8,14 @@ cityscapes_fine_sem_seg_{train,val,test}    19          255      8-bit   prepare
 cityscapes_fine_sem_seg_trainval            19          255      8-bit   (train + val, paper Table 6)
 coco_stuff_10k_sem_seg_{train,test}         171         255      8-bit   prepare_coco_stuff_10k_sem_seg.py
 ade20k_full_sem_seg_{train,val}             847 [#]_    65535    16-bit  prepare_ade20k_full_sem_seg.py
-ade20k_full_{300,500,700,847}_sem_seg_*     x           65535    16-bit  prepare_ade20k_full_sem_seg.py
+ade20k_full_{300,500,700,847}_sem_seg_*     x [#]_      65535    16-bit  prepare_ade20k_full_sem_seg.py
 ==========================================  ==========  =======  ======  ==========================
 
-.. [#] the classes present in both train and val of the user's copy; 847 for the official release
-   (paper, appendix A). The class list is read from ``ade20k_full_classes.tsv``, written by the
-   preparation script; before preparation these datasets are registered without stuff_classes.
+.. [#] MaskFormer's fixed 847-class table, shipped in ``tables/ade20k_full_847.tsv`` and read by
+   :mod:`protoseg.data.ade20k_full` (not rebuilt from the downloaded data), so the classes are
+   registered before any preparation. Labels written by MaskFormer's own preparation script
+   (``annotations_detectron2/*.tif``, the same train ids) are accepted for the full dataset.
+.. [#] the first x classes of the table (MaskFormer's frequency order).
 
 Every entry has stuff_classes, stuff_colors, ignore_label and evaluator_type "sem_seg". Detectron2
 v0.6 registers ``ade20k_sem_seg_*`` and ``cityscapes_fine_sem_seg_*`` itself at import; those
@@ -23,31 +25,26 @@ the same way: Cityscapes uses our "sem_seg" evaluator on trainIds (Detectron2's 
 ADE20K-150 gains stuff_colors. Loading a dataset whose folder is missing raises
 FileNotFoundError naming the folder and the preparation command.
 """
-import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES, CITYSCAPES_CATEGORIES
 
+from .ade20k_full import ADE20K_FULL_IGNORE, ADE20K_FULL_TABLE, ADE20K_FULL_VOCAB_SIZES, ade20k_full_classes
 from .datasets import register_sem_seg_dataset
 
 __all__ = [
     "ADE20K_FULL_VOCAB_SIZES",
     "COCO_STUFF_182_NAMES",
     "coco_stuff_171_classes",
-    "read_class_table",
     "register_ade20k",
     "register_cityscapes",
     "register_coco_stuff_10k",
     "register_ade20k_full",
     "register_all_builtin",
 ]
-
-#: ADE20K-x vocabularies of the large-vocabulary study (paper Sec. 5.3, Table 4; appendix A).
-ADE20K_FULL_VOCAB_SIZES = (300, 500, 700, 847)
-#: ignore value of the 16-bit ADE20K-Full label maps (MaskFormer's prepare_ade20k_full_sem_seg.py)
-ADE20K_FULL_IGNORE = 65535
 
 # COCO-Stuff's 182 class names, ids 1..182 in order (cocostuff-labels.txt of nightrome/cocostuff10k;
 # 0 is "unlabeled"). Ids 1-91 are COCO "things", 92-182 stuff.
@@ -100,13 +97,14 @@ def _register_splits(
     ignore_label: int = 255,
     image_ext: str = ".jpg",
     label_ext: str = ".png",
+    note: str = "",
     **extra_metadata,
 ) -> None:
-    """The one registration path of every built-in dataset."""
+    """The one registration path of every built-in dataset (``note``: appended to the error hint)."""
     hint = (
         f"Prepare the dataset with: python datasets/{script} (raw files expected under {base}; "
         f"DETECTRON2_DATASETS names the folder holding all datasets, default ./datasets). "
-        f"See datasets/README.md."
+        f"{note}See datasets/README.md."
     )
     for split in splits:
         register_sem_seg_dataset(
@@ -121,18 +119,6 @@ def _register_splits(
             hint=hint,
             **extra_metadata,
         )
-
-
-def read_class_table(path: Path) -> List[Dict[str, str]]:
-    """Rows of a tab-separated class table written by a preparation script (header line first),
-    one dict per class in id order. Raises ValueError naming the file if the ``id`` column is not
-    ``0, 1, 2, ...``."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    ids = [int(r["id"]) for r in rows]
-    if ids != list(range(len(rows))):
-        raise ValueError(f"class table {path}: the 'id' column must be 0..{len(rows) - 1} in order")
-    return rows
 
 
 def register_ade20k(root: Path) -> None:
@@ -199,41 +185,51 @@ def register_coco_stuff_10k(root: Path) -> None:
     )
 
 
-def ade20k_full_label_dir(vocab_size: Optional[int], num_full_classes: Optional[int]) -> str:
-    """Label folder name of ADE20K-Full (``vocab_size=None``) or of its top-``vocab_size`` split: the
-    split with all classes is the full label set itself (not written twice)."""
-    if vocab_size is None or vocab_size == num_full_classes:
+def ade20k_full_label_dir(vocab_size: Optional[int]) -> str:
+    """Label folder of ADE20K-Full (``vocab_size`` None or 847: the full label set, not written
+    twice) or of its ADE20K-``vocab_size`` split."""
+    if vocab_size is None or vocab_size == len(ade20k_full_classes()):
         return "annotations_detectron2"
     return f"annotations_detectron2_{vocab_size}"
 
 
+def _label_ext(label_dir: Path) -> str:
+    """".tif" when the first label file found in ``label_dir`` is a TIFF (MaskFormer's preparation
+    writes 16-bit TIFFs with the same train ids), else ".png" (ours). O(1): one directory entry."""
+    try:
+        with os.scandir(label_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith((".png", ".tif")):
+                    return Path(entry.name).suffix
+    except OSError:  # not prepared yet: loading raises the error naming the folder
+        pass
+    return ".png"
+
+
 def register_ade20k_full(root: Path) -> None:
-    """ADE20K-Full (``ADE20K_2021_17_01``) and its top-x vocabulary splits, 16-bit labels, ignore
-    65535. Class names come from ``ade20k_full_classes.tsv`` (written by the preparation script);
-    split x keeps the first x rows (classes ranked by training-image frequency)."""
+    """ADE20K-Full (``ADE20K_2021_17_01``) and its ADE20K-{300,500,700,847} splits, 16-bit labels,
+    ignore 65535. Classes: the shipped 847-class table (:mod:`protoseg.data.ade20k_full`); split x
+    has the first x of them. Label maps are ours (PNG) or, for the full dataset, MaskFormer's TIFFs."""
     base = Path(root) / "ADE20K_2021_17_01"
-    table = base / "ade20k_full_classes.tsv"
-    names = [r["name"] for r in read_class_table(table)] if table.is_file() else None
-    num_full = len(names) if names is not None else None
+    names = [c.name for c in ade20k_full_classes()]
     dirs = {"train": "training", "val": "validation"}
     for vocab in (None,) + ADE20K_FULL_VOCAB_SIZES:
         prefix = "ade20k_full" if vocab is None else f"ade20k_full_{vocab}"
-        label_dir = ade20k_full_label_dir(vocab, num_full)
+        label_dir = ade20k_full_label_dir(vocab)
         splits = [
             _Split(f"{prefix}_sem_seg_{s}", (f"images_detectron2/{d}",), (f"{label_dir}/{d}",))
             for s, d in dirs.items()
         ]
-        if vocab is None or names is None:
-            classes = names
-        else:  # a split larger than the prepared vocabulary stays without classes (and folder)
-            classes = names[:vocab] if vocab <= num_full else None
         _register_splits(
             base,
             splits,
             "prepare_ade20k_full_sem_seg.py",
-            stuff_classes=classes,
+            stuff_classes=names[:vocab],
             ignore_label=ADE20K_FULL_IGNORE,
-            class_table=str(table if vocab is None else base / f"ade20k_full_vocab_{vocab}.tsv"),
+            label_ext=_label_ext(base / label_dir / "training"),
+            note=("(MaskFormer's preparation writes only annotations_detectron2/*.tif, the full 847 classes; "
+                  "the ADE20K-x label folders come from this project's script.) "),
+            class_table=str(ADE20K_FULL_TABLE),
         )
 
 
