@@ -1,7 +1,9 @@
 """The ProtoSeg head inside Detectron2's SemanticSegmentor, and its parametric baselines."""
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
@@ -188,3 +190,119 @@ def test_training_step_of_the_head_has_no_data_dependent_operation(opts):
         assert with_grad and all(fake_features[k].grad.shape == features[k].shape for k in with_grad)
         with pytest.raises(DataDependentOutputException):  # the check itself works
             losses["loss_ce"].item()
+
+
+# ---- class-weighted CE and align_corners upsampling (MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS,
+# ---- UPSAMPLE_ALIGN_CORNERS: the reference code's ce_weight and align_corners=True) -----------------
+
+TOY_WEIGHTS = [0.5, 2.0, 1.0, 1.5, 0.8, 1.2, 0.9, 1.1]  # 8 toy classes
+HEAD_CONFIGS = {"protoseg": "protoseg_r18-d8_fcn_toy.yaml", "parametric": "parametric_r18-d8_fcn_toy.yaml"}
+
+
+def spy_on_scores(head):
+    """Record the (B, C, h, w) class scores of every ``head.classify`` call in the returned list."""
+    seen, classify = [], head.classify
+
+    def spy(embedding, targets=None):
+        scores, extras = classify(embedding, targets)
+        seen.append(scores.detach())
+        return scores, extras
+
+    head.classify = spy
+    return seen
+
+
+def test_weighted_ce_of_the_head_two_pixels_by_hand():
+    model = build(["MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", TOY_WEIGHTS], name=HEAD_CONFIGS["parametric"])
+    model.train()
+    head = model.sem_seg_head
+    # pixel a: class 0 scores 2, the 7 others 0; pixel b: class 1 scores 1, the others 0
+    scores = torch.zeros(1, 8, 1, 2)
+    scores[0, 0, 0, 0], scores[0, 1, 0, 1] = 2.0, 1.0
+    head.classify = lambda embedding, targets=None: (scores, None)
+    features = model.backbone(torch.zeros(1, 3, 64, 64))
+    _, losses = head(features, torch.tensor([[[0, 1]]]))  # labels of the same 1x2 size
+    l_a, l_b = math.log(math.exp(2) + 7) - 2, math.log(math.exp(1) + 7) - 1
+    expected = (0.5 * l_a + 2.0 * l_b) / (0.5 + 2.0)
+    assert losses["loss_ce"].item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("name", sorted(HEAD_CONFIGS))
+def test_weighted_ce_of_every_head_equals_torch_weighted_cross_entropy(name, align_corners):
+    model = build([
+        "MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", TOY_WEIGHTS, "MODEL.SEM_SEG_HEAD.UPSAMPLE_ALIGN_CORNERS", align_corners,
+    ], name=HEAD_CONFIGS[name])
+    model.train()
+    seen = spy_on_scores(model.sem_seg_head)
+    batch = random_batch()
+    losses = model(batch)
+    targets = torch.stack([x["sem_seg"] for x in batch])
+    up = F.interpolate(seen[0], size=(64, 64), mode="bilinear", align_corners=align_corners)
+    expected = torch.nn.CrossEntropyLoss(weight=torch.tensor(TOY_WEIGHTS), ignore_index=255)(up, targets)
+    assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-5)
+    unweighted = torch.nn.CrossEntropyLoss(ignore_index=255)(up, targets)
+    assert abs(losses["loss_ce"].item() - unweighted.item()) > 1e-4  # the weights matter
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_CONFIGS))
+def test_wrong_number_of_class_weights_raises_naming_the_key(name):
+    with pytest.raises(ValueError, match=r"MODEL\.SEM_SEG_HEAD\.CLASS_WEIGHTS .*NUM_CLASSES = 8.*got 3"):
+        build(["MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0, 1.0, 1.0]], name=HEAD_CONFIGS[name])
+    with pytest.raises(ValueError, match=r"MODEL\.SEM_SEG_HEAD\.CLASS_WEIGHTS must be finite and > 0"):
+        build(["MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0] * 7 + [0.0]], name=HEAD_CONFIGS[name])
+
+
+def test_class_weights_are_not_in_checkpoints_and_follow_the_module():
+    model = build(["MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", TOY_WEIGHTS])
+    assert torch.equal(model.sem_seg_head.class_weights, torch.tensor(TOY_WEIGHTS))
+    assert not any("class_weights" in k for k in model.state_dict())
+    assert build().sem_seg_head.class_weights is None  # default: unweighted
+    assert model.to(torch.float64).sem_seg_head.class_weights.dtype == torch.float64
+
+
+def test_auxiliary_ce_uses_the_class_weights_and_align_corners():
+    model = build([
+        "MODEL.RESNETS.OUT_FEATURES", ["res4", "res5"], "MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE", "res4",
+        "MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT", 0.4, "MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", TOY_WEIGHTS,
+        "MODEL.SEM_SEG_HEAD.UPSAMPLE_ALIGN_CORNERS", True,
+    ], name=HEAD_CONFIGS["parametric"])
+    model.train()
+    aux_logits = []
+    model.sem_seg_head.aux_head.classifier.register_forward_hook(lambda m, i, out: aux_logits.append(out.detach()))
+    batch = random_batch()
+    losses = model(batch)
+    targets = torch.stack([x["sem_seg"] for x in batch])
+    up = F.interpolate(aux_logits[0], size=(64, 64), mode="bilinear", align_corners=True)
+    expected = 0.4 * torch.nn.CrossEntropyLoss(weight=torch.tensor(TOY_WEIGHTS), ignore_index=255)(up, targets)
+    assert losses["loss_aux"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_CONFIGS))
+def test_inference_upsampling_with_align_corners(name):
+    outputs, scores = {}, {}
+    images = [{"image": x["image"]} for x in random_batch(n=1)]
+    for align_corners in (False, True):
+        model = build(["MODEL.SEM_SEG_HEAD.UPSAMPLE_ALIGN_CORNERS", align_corners], name=HEAD_CONFIGS[name])
+        model.eval()
+        seen = spy_on_scores(model.sem_seg_head)
+        with torch.no_grad():
+            outputs[align_corners] = model(images)[0]["sem_seg"]  # (8, 64, 64), whole-image protocol
+        scores[align_corners] = seen[0]
+    assert torch.equal(scores[False], scores[True])  # same seed, same model: only the upsampling differs
+    s = scores[True]
+    assert s.shape[-2:] == (8, 8)  # stride 8
+    aligned = F.interpolate(s, size=(64, 64), mode="bilinear", align_corners=True)[0]
+    assert torch.allclose(outputs[True], aligned, atol=1e-6)
+    # align_corners=True: the corner outputs are the corner scores themselves
+    for y, x in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+        assert torch.allclose(outputs[True][:, y, x], s[0, :, y, x], atol=1e-6)
+    half_pixel = F.interpolate(s, scale_factor=8, mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(outputs[False], half_pixel, atol=1e-6)
+    assert not torch.allclose(outputs[True], outputs[False], atol=1e-3)
+
+
+def test_weighted_aligned_training_step_has_no_data_dependent_operation():
+    test_training_step_of_the_head_has_no_data_dependent_operation(
+        ("MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", TOY_WEIGHTS, "MODEL.SEM_SEG_HEAD.UPSAMPLE_ALIGN_CORNERS", True)
+    )

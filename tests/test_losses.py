@@ -1,10 +1,11 @@
-"""PPC (Eq. 11), PPD (Eq. 12) and the masked CE against hand-computed values."""
+"""PPC (Eq. 11), PPD (Eq. 12) and the masked (and class-weighted) CE against hand-computed values."""
 import math
 
 import pytest
 import torch
 
 from protoseg.modeling import masked_cross_entropy, ppc_loss, ppd_loss
+from protoseg.modeling.losses import check_class_weights, upsampled_cross_entropy
 
 
 def test_ppc_by_hand():
@@ -59,3 +60,78 @@ def test_ppd_for_distances_is_squared_distance():
     logits = torch.tensor([[-0.5, -2.0], [-1.0, -0.1]])
     targets = torch.tensor([1, 0])
     assert ppd_loss(logits, targets, distance="euclidean").item() == pytest.approx((4.0 + 1.0) / 2)
+
+
+# ---- class-weighted CE (MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS; the reference code's ce_weight) ------------
+
+
+def test_weighted_cross_entropy_two_pixels_by_hand():
+    # pixel a: scores (2, 0), class 0; pixel b: scores (0, 1), class 1; a third pixel is ignored
+    logits = torch.tensor([[[[2.0, 0.0, 5.0]], [[0.0, 1.0, -5.0]]]])  # (1, 2, 1, 3)
+    targets = torch.tensor([[[0, 1, 255]]])
+    weight = torch.tensor([0.5, 2.0])
+    l_a, l_b = math.log(1 + math.exp(-2)), math.log(1 + math.exp(-1))
+    expected = (0.5 * l_a + 2.0 * l_b) / (0.5 + 2.0)  # sum_i w_{y_i} l_i / sum_i w_{y_i}
+    assert masked_cross_entropy(logits, targets, 255, weight).item() == pytest.approx(expected, rel=1e-6)
+    # all weights equal: the unweighted mean
+    unweighted = masked_cross_entropy(logits, targets, 255, torch.tensor([3.0, 3.0])).item()
+    assert unweighted == pytest.approx((l_a + l_b) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("ignore", [255, 65535, -1])
+def test_weighted_cross_entropy_equals_torch_weighted_mean(ignore):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, 9, generator=g, requires_grad=True)
+    targets = torch.randint(0, 5, (2, 7, 9), generator=g)
+    targets[:, :2] = ignore
+    weight = torch.rand(5, generator=g) + 0.5
+    ours = masked_cross_entropy(logits, targets, ignore, weight)
+    torch_ce = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=ignore, reduction="mean")(logits, targets)
+    assert ours.item() == pytest.approx(torch_ce.item(), rel=1e-6)
+    (grad_ours,) = torch.autograd.grad(ours, logits)
+    (grad_torch,) = torch.autograd.grad(torch_ce, logits)
+    assert torch.allclose(grad_ours, grad_torch, atol=1e-7)
+
+
+def test_weighted_cross_entropy_all_ignored_is_zero_not_nan():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    targets = torch.full((2, 4, 4), 255)
+    loss = masked_cross_entropy(logits, targets, 255, torch.tensor([1.0, 2.0, 3.0]))
+    assert loss.item() == 0.0  # torch's weighted "mean" is NaN here
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_weighted_cross_entropy_has_no_data_dependent_operation():
+    """No host sync: the weighted CE runs on fake tensors (values unknown), where ``.item()``,
+    boolean-mask indexing or ``nonzero`` would raise."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor, FakeTensorMode
+
+    with FakeTensorMode():
+        logits = torch.randn(2, 3, 2, 2, requires_grad=True)
+        targets = torch.randint(0, 3, (2, 4, 4))
+        loss = upsampled_cross_entropy(logits, targets, 255, torch.ones(3), align_corners=True)
+        loss.backward()
+        assert isinstance(loss, FakeTensor) and loss.shape == () and logits.grad.shape == logits.shape
+        with pytest.raises(DataDependentOutputException):  # the check itself works
+            loss.item()
+
+
+@pytest.mark.parametrize(
+    "weights,match",
+    [
+        ([1.0, 1.0], r"MODEL\.SEM_SEG_HEAD\.CLASS_WEIGHTS must have one weight per class .*= 3.*got 2: \[1\.0, 1\.0\]"),
+        ([1.0, 0.0, 1.0], r"MODEL\.SEM_SEG_HEAD\.CLASS_WEIGHTS must be finite and > 0, got \[0\.0\]"),
+        ([1.0, -2.0, 1.0], r"MODEL\.SEM_SEG_HEAD\.CLASS_WEIGHTS must be finite and > 0, got \[-2\.0\]"),
+        ([1.0, float("inf"), 1.0], r"MODEL\.SEM_SEG_HEAD\.CLASS_WEIGHTS must be finite and > 0, got \[inf\]"),
+        ([1.0, float("nan"), 1.0], r"MODEL\.SEM_SEG_HEAD\.CLASS_WEIGHTS must be finite and > 0, got \[nan\]"),
+    ],
+)
+def test_class_weights_are_checked_naming_the_key(weights, match):
+    with pytest.raises(ValueError, match=match):
+        check_class_weights(weights, 3)
+
+
+def test_empty_class_weights_mean_unweighted():
+    assert check_class_weights([], 3) is None and check_class_weights(None, 3) is None
+    assert check_class_weights([1, 2, 3], 3) == (1.0, 2.0, 3.0)

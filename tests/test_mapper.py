@@ -1,6 +1,10 @@
 """SemSegDatasetMapper: 16-bit ids intact through training and test mapping, reduce_zero_label,
 scale jitter range, crop and ignore padding, photometric jitter, load-time errors naming the file,
-and the toy configs mapped exactly as Detectron2's DatasetMapper mapped them."""
+and the toy configs mapped exactly as Detectron2's DatasetMapper mapped them; the reference code's
+pieces (image-size rescale with aspect jitter, brightness-only jitter, random pad offset)."""
+import math
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,10 +19,14 @@ import protoseg
 from protoseg.data.labels import LabelMapError
 from protoseg.data.mapper import (
     ImageReadError,
+    PadToSize,
     PhotometricDistortionTransform,
+    RandomBrightness,
     RandomPhotometricDistortion,
     RandomRescale,
+    RandomScaleAspectResize,
     SemSegDatasetMapper,
+    build_train_augmentation,
 )
 
 from conftest import toy_cfg
@@ -219,3 +227,167 @@ def test_toy_configs_map_as_detectron2_did(toy_dataset):
         for x, y in zip(a, b):
             assert torch.equal(x["image"], y["image"]) and torch.equal(x["sem_seg"], y["sem_seg"])
             assert y["sem_seg"].dtype == torch.int64 and (x["height"], x["width"]) == (y["height"], y["width"])
+
+
+# ---- the reference code's augmentation pieces (openseg.pytorch, tfzhou/ProtoSeg) --------------------
+
+
+def image_size_jitter_cfg(**keys):
+    """Scale jitter relative to the image itself, with aspect jitter; no crop, no flip effect on sizes."""
+    return mapper_cfg(**{
+        "INPUT.SCALE_JITTER.ENABLED": True, "INPUT.SCALE_JITTER.MODE": "image_size",
+        "INPUT.SCALE_JITTER.RATIO_RANGE": (0.5, 2.0), "INPUT.SCALE_JITTER.ASPECT_RANGE": (0.9, 1.1), **keys,
+    })
+
+
+def test_aspect_jitter_output_sizes_by_hand():
+    # openseg's RandomResize: w x sqrt(a) s, h x sqrt(1/a) s, truncated. 1024x2048 (h x w):
+    # s = 0.5, a = 1.1: h = int(1024 * 0.95346 * 0.5) = int(488.17), w = int(2048 * 1.04881 * 0.5) = int(1073.98)
+    assert RandomScaleAspectResize.output_size(1024, 2048, 0.5, 1.1) == (488, 1073)
+    # s = 2, a = 0.9: h = int(1024 * 1.05409 * 2) = int(2158.78), w = int(2048 * 0.94868 * 2) = int(3885.81)
+    assert RandomScaleAspectResize.output_size(1024, 2048, 2.0, 0.9) == (2158, 3885)
+    assert RandomScaleAspectResize.output_size(1024, 2048, 1.5, 1.0) == (1536, 3072)
+    # mmseg's base-size rescale with the same aspect factors, rounded: 40x60 in (200, 50) at r = 1 -> 50x75
+    assert RandomRescale.output_size(40, 60, (200, 50), 1.0) == (50, 75)
+    assert RandomRescale.output_size(40, 60, (200, 50), 1.0, aspect=1.21) == (45, 83)  # 50/1.1 = 45.45, 75*1.1 = 82.5
+
+
+def test_aspect_jitter_sizes_for_seeded_draws(tmp_path):
+    record = write_sample(tmp_path, label_16bit(40, 60))
+    mapper = SemSegDatasetMapper(image_size_jitter_cfg(), is_train=True)
+    for seed in range(20):
+        np.random.seed(seed)
+        scale, aspect = np.random.uniform(0.5, 2.0), np.random.uniform(0.9, 1.1)  # drawn in this order
+        expected = (int(40 * (math.sqrt(1 / aspect) * scale)), int(60 * (math.sqrt(aspect) * scale)))
+        np.random.seed(seed)
+        out = mapper(dict(record))
+        assert tuple(out["sem_seg"].shape) == expected and tuple(out["image"].shape[1:]) == expected
+
+
+def test_aspect_jitter_stays_in_range_over_many_draws(tmp_path):
+    record = write_sample(tmp_path, np.zeros((100, 200), dtype=np.int64))
+    mapper = SemSegDatasetMapper(image_size_jitter_cfg(), is_train=True)
+    np.random.seed(0)
+    shapes = np.array([mapper(dict(record))["sem_seg"].shape for _ in range(300)], dtype=float)
+    aspect = (shapes[:, 1] / 200) / (shapes[:, 0] / 100)  # the change of width / height
+    scale = np.sqrt(shapes[:, 0] * shapes[:, 1] / (100 * 200))  # the area is kept: sqrt(area ratio) = s
+    assert aspect.min() >= 0.9 - 0.02 and aspect.max() <= 1.1 + 0.02
+    assert aspect.min() < 0.92 and aspect.max() > 1.08  # the whole range is drawn
+    assert scale.min() >= 0.5 - 0.02 and scale.max() <= 2.0 + 0.01 and scale.min() < 0.55 and scale.max() > 1.9
+
+
+def test_image_size_resize_is_opencv_bicubic_and_nearest(tmp_path):
+    labels = label_16bit(40, 60)
+    image = np.random.RandomState(1).randint(0, 256, (40, 60, 3)).astype(np.uint8)
+    record = write_sample(tmp_path, labels, image=image)
+    mapper = SemSegDatasetMapper(
+        True, augmentations=[RandomScaleAspectResize((1.3, 1.3), (1.1, 1.1))], image_format="RGB",
+        num_classes=ADE_FULL_CLASSES, ignore_value=ADE_FULL_IGNORE,
+    )
+    out = mapper(dict(record))
+    size = (int(60 * math.sqrt(1.1) * 1.3), int(40 * math.sqrt(1 / 1.1) * 1.3))  # (w, h) = (81, 49)
+    expected_image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+    expected_labels = cv2.resize(labels.astype(np.int32), size, interpolation=cv2.INTER_NEAREST)
+    assert np.array_equal(out["image"].permute(1, 2, 0).numpy(), expected_image)
+    assert np.array_equal(out["sem_seg"].numpy(), expected_labels)  # 16-bit ids kept
+    assert out["sem_seg"].dtype == torch.int64
+
+
+def test_aspect_range_is_checked():
+    with pytest.raises(ValueError, match=r"INPUT\.SCALE_JITTER\.ASPECT_RANGE .*0 < low <= high.*\(1\.1, 0\.9\)"):
+        SemSegDatasetMapper(image_size_jitter_cfg(**{"INPUT.SCALE_JITTER.ASPECT_RANGE": (1.1, 0.9)}), is_train=True)
+    with pytest.raises(ValueError, match=r"ASPECT_RANGE \(0\.9, 1\.1\) needs SCALE_JITTER\.ENABLED"):
+        SemSegDatasetMapper(mapper_cfg(**{"INPUT.SCALE_JITTER.ASPECT_RANGE": (0.9, 1.1)}), is_train=True)
+    with pytest.raises(ValueError, match=r"INPUT\.SCALE_JITTER\.MODE must be one of .*'image'"):
+        SemSegDatasetMapper(image_size_jitter_cfg(**{"INPUT.SCALE_JITTER.MODE": "image"}), is_train=True)
+
+
+def test_brightness_jitter_shifts_every_pixel_by_one_value_in_range(tmp_path):
+    labels = label_16bit()
+    image = np.random.RandomState(3).randint(20, 236, (40, 60, 3)).astype(np.uint8)  # no clipping at +-10
+    record = write_sample(tmp_path, labels, image=image)
+    cfg = mapper_cfg(**{"INPUT.BRIGHTNESS_JITTER": 10})
+    mapper = SemSegDatasetMapper(cfg, is_train=True)
+    assert [type(a).__name__ for a in mapper.augmentations.augs] == [
+        "ResizeShortestEdgeKeepIds", "RandomFlip", "RandomBrightness",
+    ]
+    np.random.seed(0)
+    shifts = set()
+    for _ in range(40):
+        out = mapper(dict(record))
+        flipped = not torch.equal(out["sem_seg"], torch.as_tensor(labels))
+        source = image[:, ::-1] if flipped else image
+        diff = out["image"].permute(1, 2, 0).numpy().astype(int) - source.astype(int)
+        assert (diff == diff.flat[0]).all()  # one shift for every pixel and channel
+        shifts.add(int(diff.flat[0]))
+    assert shifts <= set(range(-10, 11)) and min(shifts) < -4 and max(shifts) > 4 and len(shifts) > 8
+
+
+def test_brightness_jitter_clips_and_is_off_by_default(tmp_path):
+    pixel = np.array([[[250, 5, 128]]], dtype=np.uint8)
+    aug = RandomBrightness(10, "RGB")
+    np.random.seed(0)
+    shift = np.random.randint(-10, 11)
+    np.random.seed(0)
+    out = aug.get_transform(pixel).apply_image(pixel)
+    assert out.tolist() == [[[min(250 + shift, 255), max(5 + shift, 0), 128 + shift]]]
+    assert "RandomBrightness" not in [type(a).__name__ for a in build_train_augmentation(mapper_cfg())]
+    with pytest.raises(ValueError, match=r"INPUT\.BRIGHTNESS_JITTER must be an integer >= 0.*-3"):
+        build_train_augmentation(mapper_cfg(**{"INPUT.BRIGHTNESS_JITTER": -3}))
+
+
+def test_random_pad_position_puts_the_image_at_a_random_offset(tmp_path):
+    labels = label_16bit()  # 40x60, padded to 64x96
+    labels[labels == ADE_FULL_IGNORE] = 846  # no ignore inside: the image's place is where labels are
+    image = np.random.RandomState(0).randint(0, 256, (40, 60, 3)).astype(np.uint8)
+    record = write_sample(tmp_path, labels, image=image)
+    cfg = mapper_cfg(**{
+        "INPUT.CROP.ENABLED": True, "INPUT.CROP.TYPE": "absolute", "INPUT.CROP.SIZE": (64, 96),
+        "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": 1.0,
+        "INPUT.PAD.POSITION": "random", "INPUT.PAD.IMAGE_VALUE": "pixel_mean",
+    })
+    mapper = SemSegDatasetMapper(cfg, is_train=True)
+    mean = [int(round(v)) for v in cfg.MODEL.PIXEL_MEAN]  # (124, 116, 104)
+    np.random.seed(0)
+    offsets = set()
+    for _ in range(30):
+        out = mapper(dict(record))
+        sem_seg, img = out["sem_seg"].numpy(), out["image"].permute(1, 2, 0).numpy()
+        assert sem_seg.shape == (64, 96)
+        rows, cols = np.nonzero(sem_seg != ADE_FULL_IGNORE)
+        top, left = rows.min(), cols.min()
+        assert 0 <= top <= 24 and 0 <= left <= 36
+        inside = sem_seg[top : top + 40, left : left + 60]
+        assert np.array_equal(inside, labels) or np.array_equal(inside, labels[:, ::-1])
+        outside = np.ones((64, 96), dtype=bool)
+        outside[top : top + 40, left : left + 60] = False
+        assert (sem_seg[outside] == ADE_FULL_IGNORE).all() and (img[outside] == mean).all()
+        offsets.add((top, left))
+    assert len(offsets) > 20  # uniform over 25 x 37 offsets
+
+
+def test_bottom_right_pad_is_the_default():
+    crop = {"INPUT.CROP.ENABLED": True, "INPUT.CROP.TYPE": "absolute", "INPUT.CROP.SIZE": (64, 96)}
+    pad = build_train_augmentation(mapper_cfg(**crop))[-1]
+    assert isinstance(pad, PadToSize) and pad.position == "bottom_right" and pad.image_value == 0
+    with pytest.raises(ValueError, match=r"INPUT\.PAD\.POSITION must be one of .*'center'"):
+        build_train_augmentation(mapper_cfg(**crop, **{"INPUT.PAD.POSITION": "center"}))
+    with pytest.raises(ValueError, match=r"INPUT\.PAD\.IMAGE_VALUE must be one of .*'mean'"):
+        build_train_augmentation(mapper_cfg(**crop, **{"INPUT.PAD.IMAGE_VALUE": "mean"}))
+
+
+def test_category_area_crop_with_max_area_one_is_a_plain_random_crop():
+    # the reference's RandomCrop ("method": "random"): crop min(size, image), offsets uniform,
+    # "allow_outside_center" never read; Detectron2's constraint at 1.0 returns RandomCrop's draw
+    image = np.zeros((100, 150, 3), dtype=np.uint8)
+    sem_seg = np.zeros((100, 150), dtype=np.int64)  # one category: the 0.75 constraint would retry
+    constrained = T.RandomCrop_CategoryAreaConstraint("absolute", (40, 60), 1.0, 255)
+    plain = T.RandomCrop("absolute", (40, 60))
+    for seed in range(10):
+        np.random.seed(seed)
+        a = constrained.get_transform(image, sem_seg)
+        np.random.seed(seed)
+        b = plain.get_transform(image)
+        assert (a.x0, a.y0, a.w, a.h) == (b.x0, b.y0, b.w, b.h) and (a.w, a.h) == (60, 40)
+    small = constrained.get_transform(image[:30, :50], sem_seg[:30, :50])
+    assert (small.x0, small.y0, small.w, small.h) == (0, 0, 50, 30)  # smaller than the crop: kept whole

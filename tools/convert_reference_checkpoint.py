@@ -20,9 +20,12 @@ The reference's state dict (possibly under ``state_dict`` and with ``module.`` p
 
 Every key must be consumed and every key of the model built from the config filled; the width,
 C and K are read from the checkpoint and printed as config overrides when they differ from the
-config's. The reference's projection l2-normalises over the image width (METHOD.md), a bug this
-project does not reproduce; the per-pixel LayerNorm and l2-normalisation after it absorb most of
-the difference, so evaluated numbers can differ slightly from the reference's own.
+config's. The reference config reproduces the reference's forward exactly, so the converted model
+gives the reference's logits (to ~1e-5, measured against the reference code itself on CPU):
+its projection l2-normalises over the image WIDTH (``MODEL.PROTOSEG.PROJECTION: reference_mlp``),
+it reads images as BGR and normalises them with ImageNet mean/std in RGB order (``INPUT.FORMAT:
+BGR`` with the usual ``PIXEL_MEAN``/``PIXEL_STD``), and it upsamples logits with
+``align_corners=True``. A config without these gives other outputs from the same weights.
 """
 import argparse
 import sys

@@ -13,6 +13,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
+from .heads.base import DecoderClassifierHead
+
 __all__ = ["ProtoSegSemanticSegmentor", "sliding_windows"]
 
 logger = logging.getLogger("protoseg")
@@ -40,8 +42,10 @@ def sliding_windows(
 class ProtoSegSemanticSegmentor(SemanticSegmentor):
     """``SemanticSegmentor`` (training unchanged) whose inference runs, per image:
 
-    * "whole": Detectron2's (the batch padded to ``backbone.size_divisibility``), when neither
-      sliding window nor TTA is on;
+    * "whole": Detectron2's (the batch padded to ``backbone.size_divisibility``, logits cropped
+      back), when neither sliding window nor TTA is on, except that the project's heads resize
+      their scores straight to the padded batch's size (as mmseg and the reference code do; the
+      same as Detectron2's stride-times-size when the size is a multiple of the stride);
     * "slide": windows of ``window_size`` every ``window_stride`` (:func:`sliding_windows`), each
       through the backbone and ``sem_seg_head`` (``window_batch_size`` windows per pass), the logits
       of overlapping windows averaged. An image smaller than the window is padded at the
@@ -125,9 +129,16 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         return f"{scales}{'+flip' if self.test_flip else ''} {mode}"
 
     def forward(self, batched_inputs: List[Dict]):
-        if self.training or not (self.sliding_window or self.uses_tta):
+        if self.training:
             return super().forward(batched_inputs)
-        return [{"sem_seg": self.inference_one(x)} for x in batched_inputs]
+        if self.sliding_window or self.uses_tta:
+            return [{"sem_seg": self.inference_one(x)} for x in batched_inputs]
+        images = [self._normalize(x["image"].to(self.device).float()) for x in batched_inputs]
+        batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return [
+            {"sem_seg": sem_seg_postprocess(logits, size, x.get("height", size[0]), x.get("width", size[1]))}
+            for logits, size, x in zip(self._padded_logits(batch.tensor), batch.image_sizes, batched_inputs)
+        ]
 
     def inference_one(self, batched_input: Dict) -> torch.Tensor:
         """One input dict ("image": (3, H, W), optional "height"/"width") -> (C, height, width)."""
@@ -169,8 +180,16 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         size divisibility for the forward, cropped back)."""
         h, w = images[0].shape[-2:]
         batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
-        logits, _ = self.sem_seg_head(self.backbone(batch.tensor), None)
-        return logits[:, :, :h, :w]
+        return self._padded_logits(batch.tensor)[:, :, :h, :w]
+
+    def _padded_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised, padded batch -> (B, C, H, W) logits. The project's heads resize
+        their scores straight to (H, W); any other SEM_SEG_HEAD is called with Detectron2's
+        contract, ``(features, targets)``."""
+        features = self.backbone(images)
+        if isinstance(self.sem_seg_head, DecoderClassifierHead):
+            return self.sem_seg_head(features, None, images.shape[-2:])[0]
+        return self.sem_seg_head(features, None)[0]
 
     def _slide_logits(self, image: torch.Tensor) -> torch.Tensor:
         """Normalised (3, H, W) -> (C, H, W): windows' logits summed, divided by the window count."""

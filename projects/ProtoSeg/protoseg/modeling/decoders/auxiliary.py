@@ -11,17 +11,22 @@ The ProtoSeg models keep it: the paper's ProtoSeg counts are the baseline's minu
 classifier (FCN R101: 68.6M -> 68.5M, the classifier being 512 x 150 + 150 = 77k parameters),
 so the auxiliary head (2.4M for FCN R101) is still there. It is a parametric softmax head on
 ``res4`` whatever the main head is; it is not run at inference.
+
+Its CE is the main head's: the same class weights (``MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS``; the
+reference code's FSAuxCELoss, lib/loss/loss_helper.py, applies one FSCELoss with ``ce_weight`` to
+both its auxiliary and its main output) and the same upsampling
+(``MODEL.SEM_SEG_HEAD.UPSAMPLE_ALIGN_CORNERS``). The reference's ProtoSeg model has no auxiliary
+head, so its config has none.
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
-from ..losses import masked_cross_entropy
+from ..losses import class_weight_tensor, upsampled_cross_entropy
 from .fcn import FCNDecoder
 
 __all__ = ["AuxiliaryFCNHead", "build_auxiliary_head"]
@@ -32,7 +37,8 @@ class AuxiliaryFCNHead(nn.Module):
     feature and a C-way 1x1 classifier, trained by ``loss_weight`` x cross-entropy.
 
     Input: features[in_feature] (B, C_in, H/s, W/s) and (B, H, W) int64 labels. Output: the
-    weighted scalar loss (the logits (B, C, H/s, W/s) are upsampled to the labels' size).
+    weighted scalar loss (the logits (B, C, H/s, W/s) are upsampled to the labels' size, with
+    ``align_corners``; the CE weighted by ``class_weights`` when given).
     """
 
     @configurable
@@ -48,6 +54,8 @@ class AuxiliaryFCNHead(nn.Module):
         num_convs: int = 1,
         dropout: float = 0.1,
         norm: str = "BN",
+        class_weights: Optional[Sequence[float]] = None,
+        align_corners: bool = False,
     ):
         super().__init__()
         if in_feature not in input_shape:
@@ -69,6 +77,9 @@ class AuxiliaryFCNHead(nn.Module):
         nn.init.zeros_(self.classifier.bias)
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
+        self.align_corners = align_corners
+        # as the main head's: checked, moved with the module, not in checkpoints
+        self.register_buffer("class_weights", class_weight_tensor(class_weights, num_classes), persistent=False)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -82,12 +93,14 @@ class AuxiliaryFCNHead(nn.Module):
             "channels": head.AUX_CHANNELS,
             "num_convs": head.AUX_NUM_CONVS,
             "norm": head.NORM,
+            "class_weights": tuple(head.CLASS_WEIGHTS),
+            "align_corners": head.UPSAMPLE_ALIGN_CORNERS,
         }
 
     def forward(self, features: Dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(self.fcn(features))
-        logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
-        return self.loss_weight * masked_cross_entropy(logits, targets, self.ignore_value)
+        ce = upsampled_cross_entropy(logits, targets, self.ignore_value, self.class_weights, self.align_corners)
+        return self.loss_weight * ce
 
 
 def build_auxiliary_head(cfg, input_shape: Dict[str, ShapeSpec]) -> Optional[AuxiliaryFCNHead]:

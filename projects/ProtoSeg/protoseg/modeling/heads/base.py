@@ -1,11 +1,11 @@
 """What every segmentation head of the project shares: decoder -> classifier -> CE / prediction."""
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import masked_cross_entropy
+from ..losses import class_weight_tensor, upsampled_cross_entropy
 
 __all__ = ["DecoderClassifierHead", "resize_labels"]
 
@@ -28,6 +28,12 @@ class DecoderClassifierHead(nn.Module):
     backbone features in training only and adds its weighted CE as ``loss_aux``. Every head has it
     through this class, the ProtoSeg head included: the paper's ProtoSeg models keep it (their
     parameter counts are the baseline's minus only the C-way classifier).
+
+    The CE (and the auxiliary head's) weights its classes by ``class_weights`` when given (a
+    weighted mean, as the reference code's ``ce_weight``). The class scores are upsampled
+    bilinearly with ``upsample_align_corners``, for the CE to the labels' size and at inference to
+    the input's size (the reference code: align_corners=True in both,
+    lib/loss/loss_proto.py and segmentor/tester.py ``ss_test``).
     """
 
     def __init__(
@@ -38,37 +44,73 @@ class DecoderClassifierHead(nn.Module):
         ignore_value: int,
         loss_weight: float = 1.0,
         aux_head: Optional[nn.Module] = None,
+        class_weights: Optional[Sequence[float]] = None,
+        upsample_align_corners: bool = False,
     ):
+        """
+        Args:
+            class_weights: C positive CE weights (``MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS``), None or
+                empty: unweighted.
+            upsample_align_corners: ``MODEL.SEM_SEG_HEAD.UPSAMPLE_ALIGN_CORNERS``.
+        """
         super().__init__()
         self.decoder = decoder
         self.num_classes = num_classes
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
         self.aux_head = aux_head
+        self.upsample_align_corners = upsample_align_corners
+        # checked here (ValueError naming the key); a buffer, so that it moves with the module (no
+        # copy in the step), not persistent: a config value, not in checkpoints
+        self.register_buffer("class_weights", class_weight_tensor(class_weights, num_classes), persistent=False)
+
+    @staticmethod
+    def loss_config(cfg) -> Dict[str, object]:
+        """The CE arguments of this class from ``cfg``, for the subclasses' ``from_config``."""
+        head = cfg.MODEL.SEM_SEG_HEAD
+        return {"class_weights": tuple(head.CLASS_WEIGHTS), "upsample_align_corners": head.UPSAMPLE_ALIGN_CORNERS}
 
     def classify(self, embedding: torch.Tensor, targets: Optional[torch.Tensor] = None):
         """(B, D, h, w) embedding (and, in training, the (B, H, W) labels) -> ((B, C, h, w) class
         scores, anything the losses need)."""
         raise NotImplementedError
 
+    def upsample_to_input(self, scores: torch.Tensor, image_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """(B, C, h, w) scores at the decoder's stride s -> (B, C, H, W), bilinear with
+        ``upsample_align_corners``, straight to the input size (H, W) = ``image_size`` (as mmseg's
+        and the reference's ``ss_test`` do); s*h x s*w when it is not given (it is the same size
+        when H and W are multiples of s)."""
+        if image_size is None:
+            stride = self.decoder.out_stride
+            image_size = (scores.shape[-2] * stride, scores.shape[-1] * stride)
+        return F.interpolate(scores, size=tuple(image_size), mode="bilinear", align_corners=self.upsample_align_corners)
+
     def auxiliary_losses(self, scores: torch.Tensor, extras, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {}
 
-    def forward(self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None):
+    def forward(
+        self,
+        features: Dict[str, torch.Tensor],
+        targets: Optional[torch.Tensor] = None,
+        image_size: Optional[Tuple[int, int]] = None,
+    ):
         """
         Args:
             features: backbone outputs by name.
             targets: (B, H, W) int64 labels at input resolution (training only), ignore value where
                 unlabelled.
+            image_size: (H, W) of the input batch, the size of the logits at inference (default:
+                the decoder's stride times the scores' size).
         """
         scores, extras = self.classify(self.decoder(features), targets if self.training else None)
         if not self.training:
-            stride = self.decoder.out_stride
-            return F.interpolate(scores, scale_factor=stride, mode="bilinear", align_corners=False), {}
+            return self.upsample_to_input(scores, image_size), {}
         if targets is None:
             raise ValueError(f"{type(self).__name__} needs targets (the 'sem_seg' of each input) in training")
-        upsampled = F.interpolate(scores, size=targets.shape[-2:], mode="bilinear", align_corners=False)
-        losses = {"loss_ce": self.loss_weight * masked_cross_entropy(upsampled, targets, self.ignore_value)}
+        ce = upsampled_cross_entropy(
+            scores, targets, self.ignore_value, self.class_weights, align_corners=self.upsample_align_corners
+        )
+        losses = {"loss_ce": self.loss_weight * ce}
         losses.update(self.auxiliary_losses(scores, extras, targets))
         if self.aux_head is not None:
             losses["loss_aux"] = self.aux_head(features, targets)

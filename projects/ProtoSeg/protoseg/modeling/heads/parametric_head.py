@@ -36,6 +36,7 @@ class ParametricSegHead(DecoderClassifierHead):
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
             "aux_head": build_auxiliary_head(cfg, input_shape),
+            **cls.loss_config(cfg),
         }
 
     def classify(self, embedding: torch.Tensor, targets=None):

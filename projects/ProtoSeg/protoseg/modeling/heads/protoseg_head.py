@@ -17,7 +17,36 @@ from .base import DecoderClassifierHead, resize_labels
 __all__ = ["ProtoSegHead", "prototype_learning"]
 
 CLASS_SCORE_NORMS = ("layernorm", "temperature")
-PROJECTIONS = ("none", "mlp")
+PROJECTIONS = ("none", "mlp", "reference_mlp")
+
+
+def mlp_layers(dim: int):
+    """1x1 conv, ReLU, 1x1 conv, D -> D (the projection of the reference code)."""
+    return [nn.Conv2d(dim, dim, 1), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 1)]
+
+
+class WidthNormalizedMLP(nn.Sequential):
+    """The reference code's projection (``ProjectionHead`` of tfzhou/ProtoSeg
+    ``lib/models/modules/contrast.py``): 1x1 conv, ReLU, 1x1 conv, then ``F.normalize(., dim=-1)``
+    on the (B, D, h, w) output, an l2-normalisation over the image WIDTH, not the channels. Each
+    (b, d, row) vector of w values is scaled to unit norm, so a pixel's embedding depends on its
+    whole row; the per-pixel LayerNorm that follows does not undo it. Reproduced only so that the
+    reference's released checkpoint gives the reference's outputs (``PROJECTION: reference_mlp``)."""
+
+    def __init__(self, dim: int):
+        super().__init__(*mlp_layers(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(super().forward(x), p=2, dim=-1)
+
+
+def build_projection(name: str, dim: int) -> nn.Module:
+    """``MODEL.PROTOSEG.PROJECTION`` -> module (B, D, h, w) -> (B, D, h, w)."""
+    if name == "mlp":
+        return nn.Sequential(*mlp_layers(dim))
+    if name == "reference_mlp":
+        return WidthNormalizedMLP(dim)
+    return nn.Identity()
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -53,16 +82,23 @@ class ProtoSegHead(DecoderClassifierHead):
         projection: str = "none",
         chunk_size: int = 0,
         aux_head: Optional[nn.Module] = None,
+        **loss_kwargs,
     ):
         """
         Args:
             decoder: module with ``out_channels`` (D) and ``out_stride``, features -> (B, D, h, w).
             memory: the prototype memory, (C, K, D) with D = decoder.out_channels.
             aux_head: optional auxiliary FCN head (training only, ``loss_aux``), see the base class.
+            loss_kwargs: the base class's ``class_weights`` and ``upsample_align_corners``.
             Other arguments: the MODEL.PROTOSEG keys of the same name (see config.py).
         """
         super().__init__(
-            decoder, num_classes=num_classes, ignore_value=ignore_value, loss_weight=loss_weight, aux_head=aux_head
+            decoder,
+            num_classes=num_classes,
+            ignore_value=ignore_value,
+            loss_weight=loss_weight,
+            aux_head=aux_head,
+            **loss_kwargs,
         )
         dim = decoder.out_channels
         if memory.dim != dim or memory.num_classes != num_classes:
@@ -76,11 +112,7 @@ class ProtoSegHead(DecoderClassifierHead):
         self.warmup_iters = warmup_iters
         self.chunk_size = chunk_size
         self.class_score_temperature = class_score_temperature
-        self.projection = (
-            nn.Sequential(nn.Conv2d(dim, dim, 1), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 1))
-            if projection == "mlp"
-            else nn.Identity()
-        )
+        self.projection = build_projection(projection, dim)
         self.feature_norm = nn.LayerNorm(dim) if feature_layernorm else nn.Identity()
         self.score_norm = nn.LayerNorm(num_classes) if class_score_norm == "layernorm" else None
         # Training forwards seen so far: decides the warm-up and is restored on resume.
@@ -121,6 +153,7 @@ class ProtoSegHead(DecoderClassifierHead):
             "projection": p.PROJECTION,
             "chunk_size": p.CHUNK_SIZE,
             "aux_head": build_auxiliary_head(cfg, input_shape),
+            **cls.loss_config(cfg),
         }
 
     def embed(self, embedding: torch.Tensor) -> torch.Tensor:
