@@ -146,9 +146,11 @@ def resized_shape(height: int, width: int, max_short_side: int) -> Tuple[int, in
     """(H, W) with the short side brought down to ``max_short_side`` (aspect kept; 0 = no resize)."""
     if max_short_side <= 0 or min(height, width) <= max_short_side:
         return height, width
+    # MaskFormer's expression, operation for operation (round(w / h * 512)), so that no size can
+    # round the other way
     if height <= width:
-        return max_short_side, round(width * max_short_side / height)
-    return round(height * max_short_side / width), max_short_side
+        return max_short_side, round(width / float(height) * max_short_side)
+    return round(height / float(width) * max_short_side), max_short_side
 
 
 def class_mask(image_path: Path, max_short_side: int) -> np.ndarray:
