@@ -12,7 +12,7 @@ from detectron2.data import DatasetCatalog
 
 from protoseg.data.datasets import register_folder_dataset
 from protoseg.data.labels import LabelMapError
-from protoseg.data.validation import check_dataset_dict, check_sem_seg_sample, scan_dataset
+from protoseg.data.validation import DatasetProblem, check_dataset_dict, check_sem_seg_sample, scan_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 TOOL = REPO / "tools" / "check_dataset.py"
@@ -61,7 +61,7 @@ def test_check_dataset_dict_kinds(bad_folder):
     }
     msg = {p.kind: p.message for p in problems}
     assert "[7]" in msg["invalid_label_ids"] and "pixel counts {7: 3}" in msg["invalid_label_ids"]
-    assert "5x8" in msg["size_mismatch"] and "6x8" in msg["size_mismatch"]
+    assert "label is 8x5 (WxH)" in msg["size_mismatch"] and "is 8x6" in msg["size_mismatch"]
     assert "up to 7" in msg["class_list_mismatch"] and "3 entries" in msg["class_list_mismatch"]
     good = {"file_name": str(bad_folder / "img" / "good.jpg"), "sem_seg_file_name": str(bad_folder / "lab" / "good.png")}
     problems, ids = check_dataset_dict(good, 3, 255)
@@ -76,7 +76,7 @@ def test_check_sem_seg_sample():
     check_sem_seg_sample((2, 2), labels, d, 3, 255)  # valid: no error
     with pytest.raises(LabelMapError, match=r"lab/a.png.*\[3\]"):
         check_sem_seg_sample((2, 2), np.array([[0, 3], [2, 255]]), d, 3, 255)
-    with pytest.raises(LabelMapError, match=r"lab/a.png is 2x2 but image a.jpg is 2x3"):
+    with pytest.raises(LabelMapError, match=r"lab/a.png is 2x2 \(WxH\) but image a.jpg is 3x2"):
         check_sem_seg_sample((2, 3), labels, d, 3, 255)
     cityscapes = {"file_name": "x_leftImg8bit.png", "sem_seg_file_name": "x_gtFine_labelIds.png"}
     with pytest.raises(LabelMapError, match="prepare_cityscapes_sem_seg.py"):
@@ -103,7 +103,9 @@ def test_tool_reports_everything_at_once(bad_folder, tmp_path):
     for expected in ("[truncated_image]", "truncated.jpg", "[size_mismatch]", "mismatch.png", "[invalid_label_ids]",
                      "bad_ids.png", "[unreadable_label]", "rgb_label.png", "[class_list_mismatch] bad_ds",
                      "[config_mismatch] bad_ds: MODEL.SEM_SEG_HEAD.NUM_CLASSES is 8 but stuff_classes has 3",
-                     "[missing_split] gone_ds", str(tmp_path / "nowhere"), "[empty_split] empty_ds"):
+                     "[missing_split] gone_ds", str(tmp_path / "nowhere"), "[empty_split] empty_ds",
+                     # 8 wide, 5 / 6 high: sizes as the trainer and the mapper write them
+                     "mismatch.png: label is 8x5 (WxH) but image", "mismatch.jpg is 8x6"):
         assert expected in text, (expected, text)
     assert "bad_ds: 6 problem(s)" in text
     assert "good.jpg" not in text and "good.png" not in text

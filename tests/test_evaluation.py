@@ -254,3 +254,28 @@ def test_predictions_are_kept_only_when_saved(tmp_path, registered):
     assert len(saving._predictions) == expected and max(p["category_id"] for p in saving._predictions) > 255
     saving.evaluate()
     assert (tmp_path / "saved" / "sem_seg_predictions.json").is_file()
+
+
+@pytest.mark.skipif(not hasattr(SemSegEvaluator, "_mask_to_boundary"), reason="Detectron2 without boundary IoU (v0.6)")
+def test_boundary_confusion_of_many_classes_is_counted_in_int64(tmp_path, registered):
+    """Detectron2 main's boundary IoU, with class ids whose (C+1) * id exceeds uint8 (NumPy 2 would
+    wrap main's own uint8 product): every boundary pixel in its own cell."""
+    num_classes = 40
+    gt = np.full((24, 24), 39)
+    gt[:, :12] = 17
+    pred = np.full((24, 24), 38)
+    pred[:12] = 21
+    name = register_label_dataset("boundary_eval_test", tmp_path, [gt], 255, num_classes)
+    registered.append(name)
+    evaluator = SemSegReportEvaluator(name, distributed=False)
+    assert evaluator.computes_boundary_iou
+    evaluator.reset()
+    evaluator.process([{"file_name": f"{name}_0.jpg"}], [{"sem_seg": one_hot_scores(pred, num_classes)}])
+    b_pred = evaluator._mask_to_boundary(pred.astype(np.uint8)).astype(np.int64)
+    b_gt = evaluator._mask_to_boundary(gt.astype(np.uint8)).astype(np.int64)
+    expected = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
+    np.add.at(expected, (b_pred.ravel(), b_gt.ravel()), 1)
+    assert expected[:-1, :-1][np.triu_indices(num_classes, 1)].sum() > 0  # ids >= 16 on both sides
+    np.testing.assert_array_equal(evaluator._b_conf_matrix, expected)
+    res = evaluator.evaluate()["sem_seg"]
+    assert "BoundaryIoU-c17" in res and "min(IoU, B-Iou)-c39" in res

@@ -247,9 +247,9 @@ def test_weighted_ce_of_every_head_equals_torch_weighted_cross_entropy(name, ali
 
 @pytest.mark.parametrize("name", sorted(HEAD_CONFIGS))
 def test_wrong_number_of_class_weights_raises_naming_the_key(name):
-    with pytest.raises(ValueError, match=r"MODEL\.SEM_SEG_HEAD\.CLASS_WEIGHTS .*NUM_CLASSES = 8.*got 3"):
+    with pytest.raises(ValueError, match=r"MODEL\.SEM_SEG_HEAD\.CLASS_WEIGHTS = .*NUM_CLASSES \(8\)"):
         build(["MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0, 1.0, 1.0]], name=HEAD_CONFIGS[name])
-    with pytest.raises(ValueError, match=r"MODEL\.SEM_SEG_HEAD\.CLASS_WEIGHTS must be finite and > 0"):
+    with pytest.raises(ValueError, match=r"MODEL\.SEM_SEG_HEAD\.CLASS_WEIGHTS = .*> 0"):
         build(["MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0] * 7 + [0.0]], name=HEAD_CONFIGS[name])
 
 

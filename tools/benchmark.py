@@ -516,7 +516,7 @@ def build_bench_model(head: str, C: int, args):
     protoseg.add_protoseg_config(cfg)
     cfg.merge_from_file(args.model_config or str(TOY_CONFIGS / "parametric_r18-d8_fcn_toy.yaml"))
     opts = ["MODEL.SEM_SEG_HEAD.NAME", head, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", C, "MODEL.DEVICE", args.device,
-            "MODEL.WEIGHTS", ""]
+            "MODEL.WEIGHTS", "", "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 65535]  # an ignore value above any C
     if args.model_dim:
         opts += ["MODEL.SEM_SEG_HEAD.CONVS_DIM", args.model_dim]
     cfg.merge_from_list(opts + list(args.model_opts))

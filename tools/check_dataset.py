@@ -6,10 +6,11 @@
     python tools/check_dataset.py my_data_train --register my_datasets.py --num-workers 8
 
 Checks: the split exists and is not empty; the metadata has stuff_classes; each image is readable
-and not truncated; each label map is readable, single-channel, of the image's H x W, and holds
+and not truncated; each label map is readable, single-channel, of the image's size, and holds
 only ids in [0, len(stuff_classes)) or ignore_label (after reduce_zero_label when the dataset asks
 for it); no label id beyond the class list; with --config-file, MODEL.SEM_SEG_HEAD.NUM_CLASSES and
-IGNORE_VALUE agree with the metadata. Prints one line per problem; exit code 1 if any.
+IGNORE_VALUE agree with the metadata. Prints one line per problem; exit code 1 if any. Sizes are
+written width x height ("8x6 (WxH)"), as the trainer and the mapper write them.
 """
 import argparse
 import runpy

@@ -75,8 +75,8 @@ def check_sem_seg_sample(
     source = dataset_dict.get("sem_seg_file_name")
     if tuple(sem_seg.shape) != tuple(image_hw):
         raise LabelMapError(
-            f"label map {source} is {sem_seg.shape[0]}x{sem_seg.shape[1]} but image "
-            f"{dataset_dict.get('file_name')} is {image_hw[0]}x{image_hw[1]}"
+            f"label map {source} is {sem_seg.shape[1]}x{sem_seg.shape[0]} (WxH) but image "
+            f"{dataset_dict.get('file_name')} is {image_hw[1]}x{image_hw[0]}"
         )
     try:
         check_label_values(sem_seg, num_classes, ignore_label, source=source)
@@ -118,7 +118,7 @@ def check_dataset_dict(
     if image_hw is not None and labels.shape != image_hw:
         problems.append(DatasetProblem(
             "size_mismatch", label_file,
-            f"label is {labels.shape[0]}x{labels.shape[1]} but image {image_file} is {image_hw[0]}x{image_hw[1]}",
+            f"label is {labels.shape[1]}x{labels.shape[0]} (WxH) but image {image_file} is {image_hw[1]}x{image_hw[0]}",
         ))
     try:
         check_label_values(labels, num_classes, ignore_label, source=label_file)

@@ -29,6 +29,13 @@ logger = logging.getLogger("protoseg")
 REPORT_FILES = ("per_class_iou.csv", "per_class_iou.png", "confusion_matrix.npy", "confused_pairs.csv")
 
 
+def _confusion(pred: np.ndarray, gt: np.ndarray, size: int) -> np.ndarray:
+    """int64 (size, size) counts ``[pred, gt]`` of two label maps of the same shape."""
+    # int64 before the product: NumPy 2 keeps uint8 (boundary maps) uint8, and would wrap
+    counts = np.bincount(size * pred.reshape(-1).astype(np.int64, copy=False) + gt.reshape(-1), minlength=size * size)
+    return counts.reshape(size, size).astype(np.int64, copy=False)
+
+
 class SemSegReportEvaluator(SemSegEvaluator):
     """``SemSegEvaluator`` (metrics unchanged) that streams and reports.
 
@@ -52,7 +59,9 @@ class SemSegReportEvaluator(SemSegEvaluator):
       also logged.
 
     Metrics are looked up in Detectron2's result by name (``IoU-<class>``, ``ACC-<class>``, ``mIoU``),
-    so extra keys (GitHub main's boundary IoU) do no harm.
+    so extra keys do no harm. Detectron2 after v0.6 (GitHub main) also reports boundary IoU
+    (``BoundaryIoU-<class>``, ``min(IoU, B-Iou)-<class>``) from a second confusion matrix of the
+    maps' boundaries: :meth:`process` fills it as main's does, whenever the base class has it.
     """
 
     def __init__(
@@ -85,6 +94,12 @@ class SemSegReportEvaluator(SemSegEvaluator):
         gt[gt == self._ignore_label] = self._num_classes
         return gt
 
+    @property
+    def computes_boundary_iou(self) -> bool:
+        """Whether the base class reports boundary IoU (Detectron2 after v0.6: ``BoundaryIoU-<class>``
+        from its ``_b_conf_matrix``), which :meth:`process` must then fill as it does."""
+        return bool(getattr(self, "_compute_boundary_iou", False))
+
     def process(self, inputs, outputs):
         """
         Args:
@@ -106,8 +121,12 @@ class SemSegReportEvaluator(SemSegEvaluator):
                     f"prediction of {input['file_name']} is {pred.shape} (H, W) but its ground truth "
                     f"{self.input_file_to_gt_file[input['file_name']]} is {gt.shape}"
                 )
-            counts = np.bincount(size * pred.reshape(-1) + gt.reshape(-1), minlength=size * size)
-            self._conf_matrix += counts.reshape(size, size).astype(np.int64, copy=False)
+            self._conf_matrix += _confusion(pred, gt, size)
+            if self.computes_boundary_iou:
+                # Detectron2 main's boundary IoU, as its process() computes it (uint8 masks: it is
+                # off for 255 classes or more)
+                boundary = self._mask_to_boundary
+                self._b_conf_matrix += _confusion(boundary(pred.astype(np.uint8)), boundary(gt.astype(np.uint8)), size)
             if self._output_dir:
                 self._predictions.extend(self.encode_json_sem_seg(pred, input["file_name"]))
 

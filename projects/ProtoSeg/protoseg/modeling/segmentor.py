@@ -13,6 +13,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
+from ..config_checks import check_config
 from .heads.base import DecoderClassifierHead
 
 __all__ = ["ProtoSegSemanticSegmentor", "sliding_windows"]
@@ -102,6 +103,7 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
 
     @classmethod
     def from_config(cls, cfg):
+        check_config(cfg)  # every setting, before anything is built: one error listing all problems
         ret = super().from_config(cfg)
         window, aug = cfg.TEST.SLIDING_WINDOW, cfg.TEST.AUG
         ret.update(

@@ -1,0 +1,202 @@
+"""protoseg/config_checks.py: every rule refuses a bad value with a message naming the key, the value
+and what is allowed; all problems come in one error; the defaults and every shipped config pass."""
+import pytest
+
+from detectron2.config import get_cfg
+from detectron2.projects.deeplab import add_deeplab_config
+
+from protoseg import add_protoseg_config
+from protoseg.config_checks import RULES, OneOf, check_config, config_problems
+
+from conftest import REPO
+
+CONFIG_FILES = sorted((REPO / "configs").rglob("*.yaml"))
+
+# (key, bad value, what the message says is allowed): every rule at least once
+BAD_VALUES = [
+    ("MODEL.PROTOSEG.NUM_PROTOTYPES", 0, "must be an integer >= 1"),
+    ("MODEL.PROTOSEG.NUM_PROTOTYPES", 2.5, "must be an integer >= 1"),
+    ("MODEL.PROTOSEG.MOMENTUM", 1.5, "must be a number in [0, 1]"),
+    ("MODEL.PROTOSEG.MOMENTUM", True, "must be a number in [0, 1]"),
+    ("MODEL.PROTOSEG.MOMENTUM", float("nan"), "must be a number in [0, 1]"),
+    ("MODEL.PROTOSEG.SINKHORN_ITERS", -1, "must be an integer >= 0"),
+    ("MODEL.PROTOSEG.SINKHORN_KAPPA", 0.0, "must be a number > 0"),
+    ("MODEL.PROTOSEG.PPC_TEMPERATURE", -0.1, "must be a number > 0"),
+    ("MODEL.PROTOSEG.PPC_WEIGHT", -0.01, "must be a number >= 0"),
+    ("MODEL.PROTOSEG.PPD_WEIGHT", "0.01", "must be a number >= 0"),
+    ("MODEL.PROTOSEG.WARMUP_ITERS", -100, "must be an integer >= 0"),
+    ("MODEL.PROTOSEG.UPDATE_FROM_CORRECT_ONLY", 1, "must be True or False"),
+    ("MODEL.PROTOSEG.ASSIGNMENT", "softmax", "must be one of 'argmax', 'gumbel'"),
+    ("MODEL.PROTOSEG.CLASS_SCORE_NORM", "LayerNorm", "must be one of 'layernorm', 'temperature'"),
+    ("MODEL.PROTOSEG.CLASS_SCORE_TEMPERATURE", 0, "must be a number > 0"),
+    ("MODEL.PROTOSEG.FEATURE_LAYERNORM", "yes", "must be True or False"),
+    ("MODEL.PROTOSEG.PROJECTION", "linear", "must be one of 'none', 'mlp', 'reference_mlp'"),
+    ("MODEL.PROTOSEG.DISTANCE", "l2", "must be one of 'cosine', 'euclidean', 'huber'"),
+    ("MODEL.PROTOSEG.HUBER_DELTA", 0.0, "must be a number > 0"),
+    ("MODEL.PROTOSEG.CHUNK_SIZE", -4096, "must be an integer >= 0"),
+    ("MODEL.PROTOSEG.INIT_STD", -0.02, "must be a number > 0"),
+    ("MODEL.PROTOSEG.SYNC_CHECK_PERIOD", -1, "must be an integer >= 0"),
+    ("MODEL.PARAMETRIC.NUM_PROTOTYPES", 0, "must be an integer >= 1"),
+    ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", 0, "must be an integer >= 1"),
+    ("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 3, "must be an integer in [MODEL.SEM_SEG_HEAD.NUM_CLASSES (54), 65535]"),
+    ("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 65536, "must be an integer in [MODEL.SEM_SEG_HEAD.NUM_CLASSES (54), 65535]"),
+    ("MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0, 2.0], "must be MODEL.SEM_SEG_HEAD.NUM_CLASSES (54) numbers > 0, or empty"),
+    ("MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0] * 53 + [0.0], "must be MODEL.SEM_SEG_HEAD.NUM_CLASSES (54) numbers > 0, "
+                                                             "or empty"),
+    ("MODEL.SEM_SEG_HEAD.UPSAMPLE_ALIGN_CORNERS", None, "must be True or False"),
+    ("MODEL.SEM_SEG_HEAD.NUM_CONVS", 0, "must be an integer >= 1"),
+    ("MODEL.SEM_SEG_HEAD.CONCAT_INPUT", "False", "must be True or False"),
+    ("MODEL.SEM_SEG_HEAD.DROPOUT", 1.0, "must be a number in [0, 1)"),
+    ("MODEL.SEM_SEG_HEAD.HRNET_VARIANT", "openseg", "must be one of 'mmseg', 'reference'"),
+    ("MODEL.SEM_SEG_HEAD.UPERNET_POOL_SCALES", [], "must be one or more integers >= 1"),
+    ("MODEL.SEM_SEG_HEAD.UPERNET_POOL_SCALES", [1, 0], "must be one or more integers >= 1"),
+    ("MODEL.SEM_SEG_HEAD.SEGFORMER_VARIANT", "nvlabs", "must be one of 'original', 'mmseg'"),
+    ("MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT", -0.4, "must be a number >= 0"),
+    ("MODEL.SEM_SEG_HEAD.AUX_CHANNELS", 0, "must be an integer >= 1"),
+    ("MODEL.SEM_SEG_HEAD.AUX_NUM_CONVS", 0, "must be an integer >= 1"),
+    ("INPUT.SCALE_JITTER.ENABLED", "true", "must be True or False"),
+    ("INPUT.SCALE_JITTER.BASE_SIZE", [512, 2048], "must be 2 integers >= 1, each >= the next"),
+    ("INPUT.SCALE_JITTER.BASE_SIZE", [2048], "must be 2 integers >= 1, each >= the next"),
+    ("INPUT.SCALE_JITTER.RATIO_RANGE", [2.0, 0.5], "must be 2 numbers > 0, each <= the next"),
+    ("INPUT.SCALE_JITTER.RATIO_RANGE", 0.5, "must be a list of 2 numbers > 0, each <= the next"),
+    ("INPUT.SCALE_JITTER.MODE", "image", "must be one of 'base_size', 'image_size'"),
+    ("INPUT.SCALE_JITTER.ASPECT_RANGE", [0.0, 1.1], "must be 2 numbers > 0, each <= the next"),
+    ("INPUT.PHOTOMETRIC_JITTER", 0, "must be True or False"),
+    ("INPUT.BRIGHTNESS_JITTER", -3, "must be an integer in [0, 255]"),
+    ("INPUT.BRIGHTNESS_JITTER", 10.5, "must be an integer in [0, 255]"),
+    ("INPUT.PAD.POSITION", "center", "must be one of 'bottom_right', 'random'"),
+    ("INPUT.PAD.IMAGE_VALUE", "mean", "must be one of 'zero', 'pixel_mean'"),
+    ("TEST.SLIDING_WINDOW.ENABLED", "slide", "must be True or False"),
+    ("TEST.SLIDING_WINDOW.SIZE", [768, 0], "must be 2 integers >= 1"),
+    ("TEST.SLIDING_WINDOW.STRIDE", [512, 800], "must be 2 integers >= 1, each at most the same entry of "
+                                               "TEST.SLIDING_WINDOW.SIZE ([768, 768]) (with TEST.SLIDING_WINDOW.ENABLED True)"),
+    ("TEST.SLIDING_WINDOW.BATCH_SIZE", 0, "must be an integer >= 1"),
+    ("SOLVER.OPTIMIZER", "Adam", "must be one of 'SGD', 'ADAMW' (any case)"),
+    ("SOLVER.HEAD_LR_MULTIPLIER", 0.0, "must be a number > 0"),
+    ("SOLVER.WEIGHT_DECAY_EMBED", -1e-4, "must be a number >= 0"),
+    ("SOLVER.NONFINITE_SKIP_LIMIT", -1, "must be an integer >= 0"),
+    ("SOLVER.MAX_WARMUP_FRACTION", 0.0, "must be a number in (0, 1]"),
+    ("SOLVER.MAX_WARMUP_FRACTION", 1.5, "must be a number in (0, 1]"),
+    ("SOLVER.BEST_CHECKPOINT_METRIC", None, "must be a string"),
+]
+# what a bad value needs around it to be checked
+CONTEXT = {"TEST.SLIDING_WINDOW.STRIDE": {"TEST.SLIDING_WINDOW.ENABLED": True}}
+# keys the project adds that the table leaves to their modules (backbones; a registry name; a feature name)
+UNCHECKED_PREFIXES = ("MODEL.SWIN.", "MODEL.HRNET.", "MODEL.MIT.", "MODEL.SEM_SEG_HEAD.DECODER_NAME",
+                      "MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE")
+
+
+def shown(value):
+    """``value`` as the messages write it."""
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def default_cfg():
+    cfg = get_cfg()
+    add_protoseg_config(cfg)
+    return cfg
+
+
+def set_value(cfg, key, value):
+    """``cfg`` with ``key`` set to ``value`` as it is (no yacs type coercion: any value can be tried)."""
+    *parents, leaf = key.split(".")
+    node = cfg
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+    return cfg
+
+
+def leaf_keys(node, prefix=""):
+    for name, value in node.items():
+        if isinstance(value, dict):
+            yield from leaf_keys(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+@pytest.mark.parametrize("key,value,allowed", BAD_VALUES, ids=[f"{k}={shown(v)[:20]}" for k, v, _ in BAD_VALUES])
+def test_bad_value_is_the_one_problem_named(key, value, allowed):
+    cfg = default_cfg()
+    for other, ok in CONTEXT.get(key, {}).items():
+        set_value(cfg, other, ok)
+    assert config_problems(set_value(cfg, key, value)) == [f"{key} = {shown(value)}: {allowed}"]
+
+
+def test_every_rule_has_a_bad_value():
+    assert {key for key, _, _ in BAD_VALUES} == set(RULES)
+
+
+def test_every_project_key_has_a_rule_or_is_left_to_its_module():
+    detectron2 = get_cfg()
+    add_deeplab_config(detectron2)
+    detectron2_keys = set(leaf_keys(detectron2))
+    added = set(leaf_keys(default_cfg())) - detectron2_keys
+    unruled = sorted(k for k in added if k not in RULES and not k.startswith(UNCHECKED_PREFIXES))
+    assert unruled == [], f"add these keys to protoseg/config_checks.py RULES: {unruled}"
+    assert sorted(set(RULES) - set(leaf_keys(default_cfg()))) == []  # no misspelt key
+
+
+def test_all_problems_in_one_error_from_the_command_line_opts():
+    cfg = default_cfg()
+    cfg.merge_from_list([
+        "MODEL.PROTOSEG.NUM_PROTOTYPES", 0, "MODEL.PROTOSEG.SINKHORN_ITERS", -1, "MODEL.PROTOSEG.MOMENTUM", 1.5,
+        "SOLVER.OPTIMIZER", "adam", "INPUT.SCALE_JITTER.MODE", "image", "MODEL.PROTOSEG.DISTANCE", "cosine",
+    ])
+    with pytest.raises(ValueError) as info:
+        check_config(cfg)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "5 invalid config value(s):"
+    assert [line.strip() for line in lines[1:]] == [
+        "MODEL.PROTOSEG.NUM_PROTOTYPES = 0: must be an integer >= 1",
+        "MODEL.PROTOSEG.MOMENTUM = 1.5: must be a number in [0, 1]",
+        "MODEL.PROTOSEG.SINKHORN_ITERS = -1: must be an integer >= 0",
+        "INPUT.SCALE_JITTER.MODE = 'image': must be one of 'base_size', 'image_size'",
+        "SOLVER.OPTIMIZER = 'adam': must be one of 'SGD', 'ADAMW' (any case)",
+    ]
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_config_file_passes(path):
+    cfg = default_cfg()
+    cfg.merge_from_file(str(path))
+    check_config(cfg)
+
+
+def test_defaults_pass_and_keys_the_config_lacks_are_not_checked():
+    check_config(default_cfg())
+    check_config(get_cfg())  # Detectron2's keys only: the project's are simply not there
+
+
+def test_bound_read_from_an_invalid_key_is_left_to_that_key():
+    cfg = set_value(default_cfg(), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "many")
+    set_value(cfg, "MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0, 2.0])
+    assert config_problems(cfg) == ["MODEL.SEM_SEG_HEAD.NUM_CLASSES = 'many': must be an integer >= 1"]
+
+
+def test_stride_is_checked_only_for_sliding_window_inference():
+    cfg = set_value(default_cfg(), "TEST.SLIDING_WINDOW.STRIDE", [1000, 1000])
+    assert config_problems(cfg) == []
+    assert len(config_problems(set_value(cfg, "TEST.SLIDING_WINDOW.ENABLED", True))) == 1
+
+
+def test_choices_are_the_modules():
+    from protoseg.data.mapper import PAD_IMAGE_VALUES, PAD_POSITIONS, SCALE_JITTER_MODES
+    from protoseg.modeling.decoders.hrnet import HRNET_VARIANTS
+    from protoseg.modeling.decoders.segformer import SEGFORMER_VARIANTS
+    from protoseg.modeling.distances import DISTANCES
+    from protoseg.modeling.heads.protoseg_head import CLASS_SCORE_NORMS, PROJECTIONS
+    from protoseg.modeling.prototype_memory import ASSIGNMENTS
+    from protoseg.solver import OPTIMIZERS
+
+    modules = {
+        "MODEL.PROTOSEG.ASSIGNMENT": ASSIGNMENTS, "MODEL.PROTOSEG.CLASS_SCORE_NORM": CLASS_SCORE_NORMS,
+        "MODEL.PROTOSEG.PROJECTION": PROJECTIONS, "MODEL.PROTOSEG.DISTANCE": DISTANCES,
+        "MODEL.SEM_SEG_HEAD.HRNET_VARIANT": HRNET_VARIANTS, "MODEL.SEM_SEG_HEAD.SEGFORMER_VARIANT": SEGFORMER_VARIANTS,
+        "INPUT.SCALE_JITTER.MODE": SCALE_JITTER_MODES, "INPUT.PAD.POSITION": PAD_POSITIONS,
+        "INPUT.PAD.IMAGE_VALUE": PAD_IMAGE_VALUES, "SOLVER.OPTIMIZER": OPTIMIZERS,
+    }
+    choice_keys = {key for key, rule in RULES.items() if isinstance(rule, OneOf)}
+    assert choice_keys == set(modules)
+    for key, choices in modules.items():
+        assert set(RULES[key].choices) == set(choices), key
