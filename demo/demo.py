@@ -3,14 +3,15 @@
 (Detectron2's demo conventions).
 
     python demo/demo.py --config-file configs/toy/protoseg_r18-d8_fcn_toy.yaml \
-        --input 'datasets/toy_scenes/images/validation/*.jpg' --output output/vis \
+        --input "${DETECTRON2_DATASETS:-datasets}/toy_scenes/images/validation/*.jpg" --output output/vis \
         --opts MODEL.WEIGHTS output/toy/protoseg_r18-d8_fcn/model_final.pth
     python demo/demo.py --config-file CONFIG --video-input clip.mp4 --output out.mp4 --opts MODEL.WEIGHTS ...
     python demo/demo.py --config-file CONFIG --webcam --opts MODEL.WEIGHTS ...
 
 ``--input`` takes files, globs and folders; ``--output`` is a file (one input) or a folder (made
 if missing). Without ``--output`` the pictures are shown in an OpenCV window (needs a GUI build of
-OpenCV, not opencv-python-headless).
+OpenCV, not opencv-python-headless). The inputs and MODEL.WEIGHTS are checked before the model is
+built; without MODEL.WEIGHTS the demo refuses to run unless ``--allow-random-weights`` is given.
 """
 import argparse
 import glob
@@ -40,7 +41,8 @@ logger = logging.getLogger("protoseg")
 
 def setup_cfg(args):
     """Config file + ``--opts``; no ``default_setup``: the demo writes nothing into OUTPUT_DIR.
-    A CUDA config runs on the CPU when no GPU is available."""
+    A CUDA config runs on the CPU when no GPU is available. SystemExit when MODEL.WEIGHTS is empty
+    (unless ``--allow-random-weights``) or names no file."""
     cfg = get_cfg()
     add_protoseg_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -48,15 +50,29 @@ def setup_cfg(args):
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE is %s but no GPU is available: running on the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
-    if not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised (pass --opts MODEL.WEIGHTS ...)")
+    check_weights(cfg.MODEL.WEIGHTS, args.allow_random_weights)
     cfg.freeze()
     return cfg
 
 
+def check_weights(weights, allow_random):
+    """SystemExit for empty weights (unless ``allow_random``: a warning) and for a local path that
+    is not a file (URLs such as detectron2:// are left to the checkpointer)."""
+    if not weights:
+        if not allow_random:
+            raise SystemExit(
+                "MODEL.WEIGHTS is empty: the predictions would come from a randomly initialised model. Pass "
+                "the checkpoint (--opts MODEL.WEIGHTS path/to/model_final.pth), or --allow-random-weights "
+                "to draw a random model's predictions on purpose"
+            )
+        logger.warning("--allow-random-weights: MODEL.WEIGHTS is empty, the model is randomly initialised")
+    elif "://" not in weights and not os.path.isfile(weights):
+        raise SystemExit(f"MODEL.WEIGHTS {weights}: no such file")
+
+
 def expand_inputs(patterns):
     """Files, globs and folders -> list of image paths (folders: their images, sorted; globs:
-    sorted); error naming a pattern that matches no file."""
+    sorted); FileNotFoundError naming a pattern that matches no readable file."""
     paths = []
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
@@ -64,10 +80,20 @@ def expand_inputs(patterns):
             found = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern)) if f.lower().endswith(IMAGE_EXTS)]
         else:
             found = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
-        if not found:
-            raise FileNotFoundError(f"--input {pattern!r} matches no image file")
+        if not any(os.access(p, os.R_OK) for p in found):
+            raise FileNotFoundError(f"--input {pattern!r} matches no readable image file{_datasets_hint(pattern)}")
         paths.extend(found)
     return paths
+
+
+def _datasets_hint(pattern):
+    """For a pattern under ./datasets: where the datasets are (DETECTRON2_DATASETS)."""
+    if os.path.normpath(pattern).split(os.sep)[0] != "datasets":
+        return ""
+    root = os.environ.get("DETECTRON2_DATASETS")
+    where = f"DETECTRON2_DATASETS is {root!r}" if root else "DETECTRON2_DATASETS is not set"
+    return (f" (relative to {os.getcwd()}; {where}: write the path as "
+            f"\"${{DETECTRON2_DATASETS:-datasets}}/...\" to follow it)")
 
 
 def output_is_folder(output, many):
@@ -113,13 +139,26 @@ def get_parser():
     parser.add_argument("--save-label-map", action="store_true",
                         help="also write the raw label map beside each picture as <name>_labels.png "
                              "(8-bit; 16-bit when the model has more than 256 classes); with --input only")
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="run even without MODEL.WEIGHTS (the predictions of a randomly initialised model)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser
 
 
-def run_images(demo, args, num_classes):
+def plan_images(args):
+    """(input paths, output paths or Nones) of ``--input`` / ``--output``; errors naming the
+    pattern or output at fault, before any model is built."""
     paths = expand_inputs(args.input)
-    outs = output_paths(args.output, paths) if args.output else [None] * len(paths)
+    return paths, output_paths(args.output, paths) if args.output else [None] * len(paths)
+
+
+def check_video_input(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--video-input {path}: no such file{_datasets_hint(path)}")
+
+
+def run_images(demo, args, plan, num_classes):
+    paths, outs = plan
     if args.output and output_is_folder(args.output, len(paths) > 1):
         os.makedirs(args.output, exist_ok=True)
     for path, out in zip(paths, outs):
@@ -155,8 +194,6 @@ def video_output_path(output, video_path):
 
 def run_video(demo, args):
     path = args.video_input
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--video-input {path}: no such file")
     video = cv2.VideoCapture(path)
     if not video.isOpened():
         raise OSError(f"cannot open video {path}")
@@ -224,9 +261,13 @@ def main(argv=None):
     if args.save_label_map and not args.output:
         raise SystemExit("--save-label-map needs --output")
     cfg = setup_cfg(args)
+    # the inputs are checked before the model is built (seconds to minutes)
+    plan = plan_images(args) if args.input else None
+    if args.video_input:
+        check_video_input(args.video_input)
     demo = SemSegDemo(cfg, alpha=args.alpha, labels=not args.no_labels, area_threshold=args.area_threshold)
     if args.input:
-        run_images(demo, args, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+        run_images(demo, args, plan, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     elif args.video_input:
         run_video(demo, args)
     else:

@@ -6,6 +6,7 @@ area threshold is coloured but not labelled, so that pictures of 847-class model
 """
 import logging
 from typing import Iterator, Optional, Tuple
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
+from detectron2.engine import defaults as d2_defaults
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from protoseg.checkpoint import ProtoSegCheckpointer
@@ -69,17 +71,14 @@ def read_label_map(path: str) -> np.ndarray:
 
 class Predictor(DefaultPredictor):
     """Detectron2's ``DefaultPredictor`` (same pre-processing: BGR input, ``cfg.INPUT.FORMAT``,
-    ``ResizeShortestEdge`` to ``MIN_SIZE_TEST``/``MAX_SIZE_TEST``) whose weights are loaded by
-    ``ProtoSegCheckpointer``: DetectionCheckpointer would skip a prototype buffer of another shape
-    and leave random prototypes."""
+    ``ResizeShortestEdge`` to ``MIN_SIZE_TEST``/``MAX_SIZE_TEST``) whose weights are loaded, once,
+    by ``ProtoSegCheckpointer``: DetectionCheckpointer would skip a key of another shape (a prototype
+    buffer, a classifier of another class count) or a missing one with a warning and predict with
+    random weights there; here any such key is an error naming it."""
 
     def __init__(self, cfg):
-        no_weights = cfg.clone()
-        no_weights.defrost()
-        no_weights.MODEL.WEIGHTS = ""  # DefaultPredictor then builds the model and loads nothing
-        super().__init__(no_weights)
-        self.cfg = cfg.clone()
-        ProtoSegCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        with mock.patch.object(d2_defaults, "DetectionCheckpointer", ProtoSegCheckpointer):
+            super().__init__(cfg)
 
 
 class SemSegDemo:
@@ -146,8 +145,9 @@ class SemSegDemo:
             unlabelled = present
         for c in unlabelled:
             color = [x / 255.0 for x in self.metadata.stuff_colors[c]]
+            # area_threshold 0: every region coloured (detectron2 main's default skips those under 10 px)
             vis.draw_binary_mask((label_map == c).astype(np.uint8), color=color, edge_color=_OFF_WHITE,
-                                 alpha=self.alpha)
+                                 alpha=self.alpha, area_threshold=0)
         return vis.output.get_image()
 
 

@@ -12,7 +12,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
 
-from conftest import REPO, TOY_CONFIGS
+from conftest import REPO, TOY_CONFIGS, toy_cfg
+from log_records import Records
 
 
 def _load_demo():
@@ -181,3 +182,91 @@ def test_unreadable_image_is_named(demo_args, tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(OSError, match="broken.jpg"):
         demo.main(with_opts(demo_args, "--input", str(bad), "--output", str(tmp_path / "out")))
+
+
+# ---- weights and inputs are checked before anything is drawn -----------------------------------
+@pytest.fixture(scope="module")
+def untrained_weights(tmp_path_factory):
+    """{config name: a checkpoint of the untrained toy model of that config}: given weights that
+    load fast."""
+    from detectron2.modeling import build_model
+
+    out = tmp_path_factory.mktemp("untrained")
+    paths = {}
+    for name in ("protoseg_r18-d8_fcn_toy.yaml", "parametric_r18-d8_fcn_toy.yaml"):
+        torch.save({"model": build_model(toy_cfg(name)).state_dict()}, out / f"{name}.pth")
+        paths[name] = out / f"{name}.pth"
+    return paths
+
+
+def demo_argv(config, *args, opts=()):
+    return ["--config-file", str(TOY_CONFIGS / config), *args, "--opts", "DATASETS.TEST", "('toy_test_val',)", *opts]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Building the model fails the test: what must fail before it does."""
+    def build(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(demo, "SemSegDemo", build)
+
+
+def first_val_image(toy_dataset):
+    return str(sorted((toy_dataset / "images" / "validation").glob("*.jpg"))[0])
+
+
+def test_given_weights_are_loaded_once_and_nothing_says_from_scratch(untrained_weights, toy_dataset, tmp_path):
+    config = "protoseg_r18-d8_fcn_toy.yaml"
+    argv = demo_argv(config, "--input", first_val_image(toy_dataset), "--output", str(tmp_path / "pic.png"),
+                     opts=["MODEL.WEIGHTS", str(untrained_weights[config])])
+    with Records("fvcore") as records:
+        demo.main(argv)
+    assert not records.matching("from scratch") and not records.matching("No checkpoint found")
+    assert len(records.matching("Loading from")) == 1
+    assert (tmp_path / "pic.png").exists()
+
+
+def test_demo_without_weights_is_refused_before_the_model_is_built(no_model, toy_dataset, tmp_path):
+    argv = demo_argv("protoseg_r18-d8_fcn_toy.yaml", "--input", first_val_image(toy_dataset), "--output", str(tmp_path))
+    with pytest.raises(SystemExit, match="MODEL.WEIGHTS is empty.*--allow-random-weights"):
+        demo.main(argv)
+    with pytest.raises(SystemExit, match="MODEL.WEIGHTS .*nowhere.pth: no such file"):
+        demo.main(argv + ["MODEL.WEIGHTS", str(tmp_path / "nowhere.pth")])
+
+
+def test_demo_draws_a_random_model_when_asked(toy_dataset, tmp_path):
+    argv = demo_argv("protoseg_r18-d8_fcn_toy.yaml", "--allow-random-weights", "--input", first_val_image(toy_dataset),
+                     "--output", str(tmp_path / "random.png"))
+    with Records("protoseg") as records:
+        demo.main(argv)
+    assert records.matching("--allow-random-weights") and (tmp_path / "random.png").exists()
+
+
+def test_inputs_are_checked_before_the_model_is_built(no_model, untrained_weights, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DETECTRON2_DATASETS", "/data/elsewhere")
+    weights = ["MODEL.WEIGHTS", str(untrained_weights["protoseg_r18-d8_fcn_toy.yaml"])]
+    pattern = "datasets/toy_scenes/images/validation/*.jpg"
+    argv = demo_argv("protoseg_r18-d8_fcn_toy.yaml", "--input", pattern, "--output", "vis", opts=weights)
+    with pytest.raises(FileNotFoundError) as error:
+        demo.main(argv)
+    message = str(error.value)
+    assert repr(pattern) in message and "DETECTRON2_DATASETS is '/data/elsewhere'" in message
+    assert "${DETECTRON2_DATASETS:-datasets}/..." in message
+    with pytest.raises(FileNotFoundError, match=r"--input '.*other\*.jpg' matches no readable image file$"):
+        demo.main(demo_argv("protoseg_r18-d8_fcn_toy.yaml", "--input", str(tmp_path / "other*.jpg"), opts=weights))
+    with pytest.raises(FileNotFoundError, match="--video-input clip.mp4: no such file"):
+        demo.main(demo_argv("protoseg_r18-d8_fcn_toy.yaml", "--video-input", "clip.mp4", "--output", "v.mp4", opts=weights))
+
+
+def test_demo_refuses_a_checkpoint_of_another_class_count(untrained_weights, toy_dataset, tmp_path):
+    """The parametric baseline has no prototype buffer: DetectionCheckpointer would skip its
+    classifier with a warning and draw the predictions of a random classifier."""
+    config = "parametric_r18-d8_fcn_toy.yaml"
+    argv = demo_argv(config, "--input", first_val_image(toy_dataset), "--output", str(tmp_path / "pic.png"),
+                     opts=["MODEL.WEIGHTS", str(untrained_weights[config]), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5"])
+    with pytest.raises(ValueError, match=r"sem_seg_head.classifier.weight \(8, 64, 1, 1\) in the checkpoint vs "
+                                         r"\(5, 64, 1, 1\) in the model"):
+        demo.main(argv)
+    assert not (tmp_path / "pic.png").exists()

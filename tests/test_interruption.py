@@ -12,8 +12,10 @@ import torch
 from detectron2.modeling import build_model
 
 from protoseg.checkpoint import ProtoSegCheckpointer
+from protoseg.engine import Trainer
 
 from conftest import REPO, toy_cfg
+from log_records import Records
 
 
 def test_failed_write_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
@@ -30,6 +32,28 @@ def test_failed_write_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
         checkpointer.save("model_final")
     assert (tmp_path / "model_final.pth").read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+
+
+def test_trainer_removes_temporary_files_of_a_killed_save(toy_dataset, tmp_path):
+    """kill -9 between the write of <name>.tmp and its rename leaves the temporary file; the next
+    run on the directory removes those of the checkpointer, and nothing else."""
+    checkpointer = ProtoSegCheckpointer(build_model(toy_cfg()), save_dir=str(tmp_path))
+    checkpointer.save("model_0000009")
+    (tmp_path / "model_0000019.pth.tmp").write_bytes(b"")
+    (tmp_path / "last_checkpoint.tmp").write_text("model_00")
+    kept = ["notes.tmp", "model_0000019.pth.tmp.bak", "data.tmp"]
+    for name in kept:
+        (tmp_path / name).write_text("not the checkpointer's")
+    cfg = toy_cfg(opts=["DATASETS.TRAIN", ("toy_test_train",), "OUTPUT_DIR", str(tmp_path), "DATALOADER.NUM_WORKERS", 0])
+    cfg.freeze()
+    with Records("protoseg") as records:
+        trainer = Trainer(cfg)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"last_checkpoint", "model_0000009.pth", *kept} <= names
+    assert not {"model_0000019.pth.tmp", "last_checkpoint.tmp"} & names
+    [line] = records.matching("interrupted checkpoint save")
+    assert "last_checkpoint.tmp, model_0000019.pth.tmp" in line
+    trainer.resume_or_load(resume=True)  # from the complete checkpoint
 
 
 def train_command(out, max_iter, *extra):

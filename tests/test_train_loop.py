@@ -1,5 +1,6 @@
 """A non-finite loss skips the step (parameters, optimizer state, prototypes untouched) instead of
 ending the run; a run that keeps producing them stops with an error naming the cause."""
+import json
 import logging
 
 import pytest
@@ -8,9 +9,11 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from protoseg.engine import Trainer
 from protoseg.engine.train_loop import ProtoSegTrainLoop
 
 from conftest import random_batch, toy_cfg
+from log_records import Records
 
 
 def nan_batch(seed):
@@ -21,7 +24,6 @@ def nan_batch(seed):
 
 def run(loop, iters):
     with EventStorage(0) as storage:
-        loop.storage = storage
         for loop.iter in range(iters):
             loop.run_step()
     return storage
@@ -42,7 +44,6 @@ def test_nan_batch_is_skipped_and_changes_nothing(caplog):
     loop = ProtoSegTrainLoop(model, batches, optimizer, skip_limit=3)
 
     with EventStorage(0) as storage:
-        loop.storage = storage
         loop.iter = 0
         loop.run_step()  # a normal step: momentum buffers exist from here on
         before_params, before_momenta = snapshot(model, optimizer)
@@ -102,3 +103,66 @@ def test_mixed_precision_steps_train_and_keep_unit_prototypes():
     logged = {k: v[0] for k, v in storage.latest().items() if k.startswith("loss_")}
     assert loop.total_skips == 0 and {"loss_ce", "loss_ppc", "loss_ppd"} <= set(logged)
     assert all(torch.isfinite(torch.tensor(v)) for v in logged.values())
+
+
+# ---- the same through Trainer, as train_net.py runs it -----------------------------------------
+class NaNBatches:
+    """The training loader, with a NaN patch in the images of the batches of ``iterations`` (what
+    a float input overflowing in an augmentation gives; JPEG files cannot hold NaN)."""
+
+    def __init__(self, loader, iterations):
+        self.loader, self.iterations = loader, set(iterations)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):  # NUM_WORKERS 0 and start 0: batch i is iteration i
+            if i in self.iterations:
+                batch = [dict(d, image=d["image"].float()) for d in batch]
+                batch[0]["image"][:, :16, :16] = float("nan")
+            yield batch
+
+
+def nan_trainer(cfg, iterations):
+    """A Trainer of ``cfg`` whose training batches of ``iterations`` hold NaN pixels."""
+
+    class NaNTrainer(Trainer):
+        @classmethod
+        def build_train_loader(cls, cfg):
+            return NaNBatches(super().build_train_loader(cfg), iterations)
+
+    trainer = NaNTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    return trainer
+
+
+def toy_trainer_cfg(out, max_iter, *opts):
+    cfg = toy_cfg(opts=[
+        "DATASETS.TRAIN", ("toy_test_train",), "DATASETS.TEST", (), "SOLVER.MAX_ITER", max_iter,
+        "TEST.EVAL_PERIOD", 0, "OUTPUT_DIR", str(out), "DATALOADER.NUM_WORKERS", 0,
+        "SOLVER.IMS_PER_BATCH", 2, "INPUT.CROP.SIZE", (64, 64), *opts,
+    ])
+    cfg.freeze()
+    return cfg
+
+
+def test_trainer_skips_nan_steps_and_ends_with_finite_weights(toy_dataset, tmp_path):
+    trainer = nan_trainer(toy_trainer_cfg(tmp_path, 4), iterations=[1, 2])
+    with Records("protoseg", logging.WARNING) as records:
+        trainer.train()
+    assert trainer.iter == 4
+    skipped = records.matching("non-finite loss")
+    assert len(skipped) == 2 and "iteration 1" in skipped[0] and "iteration 2" in skipped[1]
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert metrics[-1]["skipped_nonfinite_steps"] == 2
+    state = trainer.model.state_dict()
+    not_finite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    assert not not_finite, not_finite
+    assert torch.allclose(state["sem_seg_head.memory.prototypes"].norm(dim=-1), torch.ones(8, 10), atol=1e-5)
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+
+
+def test_trainer_stops_past_the_skip_limit(toy_dataset, tmp_path):
+    trainer = nan_trainer(toy_trainer_cfg(tmp_path, 4, "SOLVER.NONFINITE_SKIP_LIMIT", 1), iterations=range(1, 4))
+    with pytest.raises(FloatingPointError, match="2 consecutive iterations.*iteration 2.*NONFINITE_SKIP_LIMIT"):
+        trainer.train()
+    assert trainer.iter == 2

@@ -1,4 +1,5 @@
 """End to end on the toy scenes: training learns, evaluation reports, resume restores everything."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,8 +14,19 @@ from detectron2.utils.env import seed_all_rng
 from protoseg.engine import Trainer
 
 from conftest import REPO, toy_cfg
+from log_records import Records
 
 CHANCE_MIOU = 100.0 / 8
+
+
+def _load_train_net():
+    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_net = _load_train_net()
 
 
 def trainer_cfg(tmp_path, max_iter, name="protoseg_r18-d8_fcn_toy.yaml", opts=()):
@@ -103,6 +115,56 @@ def test_resume_restores_prototypes_optimizer_schedule_and_iteration(toy_dataset
     assert resumed.scheduler.state_dict()["last_epoch"] == 4
     resumed.train()
     assert resumed.iter == 8 and int(head.iteration) == 8
+
+
+def test_resume_continues_from_the_latest_checkpoint_not_the_best(toy_dataset, tmp_path):
+    """model_best.pth (written at each improving evaluation) must not become last_checkpoint:
+    here it is written at iteration 3, after the periodic checkpoint of iteration 2."""
+    cfg = trainer_cfg(tmp_path, max_iter=8, opts=[
+        "SOLVER.CHECKPOINT_PERIOD", 3, "TEST.EVAL_PERIOD", 4, "SOLVER.IMS_PER_BATCH", 2, "INPUT.CROP.SIZE", (64, 64),
+    ])
+    crashed = Trainer(cfg)
+    crashed.resume_or_load(resume=False)
+    crashed.register_hooks([StopAt(3)])
+    with pytest.raises(KeyboardInterrupt):
+        crashed.train()
+    assert torch.load(tmp_path / "model_best.pth", weights_only=False)["iteration"] == 3
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
+
+    resumed = Trainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 3
+    assert (tmp_path / "model_best.pth").exists()
+
+
+def test_eval_only_refuses_to_score_a_model_without_weights(toy_dataset, tmp_path):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(toy_dataset.parent))
+    cmd = [sys.executable, str(REPO / "train_net.py"), "--eval-only",
+           "--config-file", str(REPO / "configs" / "toy" / "protoseg_r18-d8_fcn_toy.yaml"), "OUTPUT_DIR", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "--eval-only without MODEL.WEIGHTS" in proc.stderr and "--allow-random-weights" in proc.stderr
+    assert "Per-class results" not in (tmp_path / "log.txt").read_text()
+
+
+def test_eval_only_scores_random_weights_when_asked(toy_dataset, tmp_path):
+    args = train_net.get_parser().parse_args([
+        "--eval-only", "--allow-random-weights", "--config-file", str(REPO / "configs" / "toy" / "protoseg_r18-d8_fcn_toy.yaml"),
+        "OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", "('toy_test_val',)",
+    ])
+    with Records("protoseg") as records:
+        results = train_net.main(args)
+    assert records.matching("--allow-random-weights: evaluating a randomly initialised model")
+    assert results["sem_seg"]["mIoU"] < 50
+
+
+def test_train_net_options_come_before_the_config_overrides():
+    args = train_net.get_parser().parse_args([
+        "--config-file", "c.yaml", "--skip-weights", "sem_seg_head.classifier", "--skip-weights", "sem_seg_head.aux",
+        "MODEL.WEIGHTS", "w.pth",
+    ])
+    assert args.skip_weights == ["sem_seg_head.classifier", "sem_seg_head.aux"]
+    assert args.opts == ["MODEL.WEIGHTS", "w.pth"] and not args.allow_random_weights
 
 
 def test_train_net_eval_only_reproduces_the_final_evaluation(trained, toy_dataset):

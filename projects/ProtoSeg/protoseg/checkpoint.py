@@ -1,48 +1,264 @@
-"""Checkpoints that are written atomically and refuse a prototype memory of the wrong shape.
+"""Checkpoints that are written atomically, read safely and loaded only when they fit the model.
 
-- fvcore's Checkpointer skips any tensor whose shape differs from the model's with a warning. For
-  the prototype buffer that would silently leave random prototypes in a model that then evaluates
-  as if it were trained, so a mismatch is an error that says which config keys decide the shape.
+- fvcore's Checkpointer skips any tensor whose shape differs from the model's, and any missing or
+  unexpected key, with a warning; the model then evaluates as if it were trained. Here every
+  missing, unexpected or mis-shaped key is an error naming the keys, with two explicit exceptions
+  when a training run is initialised from ``MODEL.WEIGHTS``: a file holding backbone keys only
+  (ImageNet weights from ``tools/convert_pretrained.py``) initialises the backbone, and the keys
+  under ``skip_weights`` prefixes (``train_net.py --skip-weights``: a new classifier for
+  fine-tuning on another class set) are neither loaded nor checked. For a prototype buffer of
+  another shape the error also says which config keys decide the shape.
 - A job killed while writing a checkpoint must not leave a truncated file under the final name
   (``model_final.pth`` is overwritten in place on a re-run): local files are written to a
-  temporary name, synced and renamed into place, and so is ``last_checkpoint``.
+  temporary name (``<name>.tmp``), synced and renamed into place, and so is ``last_checkpoint``.
+  A checkpointer that saves into a directory removes the temporary files a killed save left there.
+- ``model_best.pth`` is saved with ``tag_last=False``: ``--resume`` continues from the latest
+  checkpoint, not from the best one.
 - ``.pth`` files are read with ``torch.load(weights_only=True)`` whatever the torch version's
-  default, so a checkpoint cannot execute code when it is loaded. (``.pkl`` model-zoo files are
-  pickles by format and are read by Detectron2 as before.)
+  default, and ``.pkl`` files (Detectron2 / Caffe2 model zoo: dicts of numpy arrays) with an
+  unpickler that builds only containers, scalars and numpy arrays, so a checkpoint cannot execute
+  code when it is loaded (``PROTOSEG_TRUST_PICKLED_WEIGHTS=1`` reads a trusted ``.pkl`` with plain
+  pickle). A truncated or corrupt file is reported as such.
 """
+import codecs
+import collections
+import importlib
+import logging
 import os
+import pickle
+import re
+from typing import Iterable, Optional, Sequence
+from unittest import mock
 
+import numpy as np
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint import detection_checkpoint
 from detectron2.utils.file_io import PathManager
+from fvcore.common.checkpoint import _filter_reused_missing_keys, _IncompatibleKeys
 
-__all__ = ["ProtoSegCheckpointer", "check_prototype_shapes"]
+__all__ = [
+    "ProtoSegCheckpointer",
+    "CheckpointMismatchError",
+    "CorruptCheckpointError",
+    "UnsafeCheckpointError",
+    "check_prototype_shapes",
+    "load_pickled_weights",
+    "TRUST_PICKLE_ENV",
+]
+
+logger = logging.getLogger("protoseg")
 
 PROTOTYPE_SUFFIX = "memory.prototypes"
+BACKBONE_PREFIX = "backbone."
+TEMP_SUFFIX = ".tmp"
+#: set to 1 to read ``.pkl`` weights with plain ``pickle`` (which runs any code the file holds)
+TRUST_PICKLE_ENV = "PROTOSEG_TRUST_PICKLED_WEIGHTS"
+_LISTED = 10  # keys named per kind in an error
+# Keys that need not come from a checkpoint: BatchNorm counters (converted ImageNet weights have
+# none; torch fills them in) and the pixel statistics (Detectron2 sets them from the config).
+_OPTIONAL_SUFFIXES = ("num_batches_tracked", "pixel_mean", "pixel_std")
+
+
+class CheckpointMismatchError(ValueError):
+    """The keys or shapes of a checkpoint do not fit the model."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that cannot be read: truncated, corrupt or not a checkpoint."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that holds pickled objects beyond tensors / arrays, which could run code."""
+
+
+def _prototype_message(key: str, found, expected) -> str:
+    return (
+        f"prototype buffer '{key}' has shape {tuple(found)} (C, K, D) but the model expects {tuple(expected)}. "
+        f"Check MODEL.SEM_SEG_HEAD.NUM_CLASSES (C), MODEL.PROTOSEG.NUM_PROTOTYPES (K) and the decoder width (D) "
+        f"against the config the checkpoint was trained with"
+    )
 
 
 def check_prototype_shapes(model_state: dict, checkpoint_state: dict, source: str = "checkpoint") -> None:
     """Raise ValueError if a prototype buffer of ``checkpoint_state`` has another (C, K, D) than the
     model's."""
     for key, value in checkpoint_state.items():
-        if not key.endswith(PROTOTYPE_SUFFIX) or key not in model_state:
-            continue
-        expected = tuple(model_state[key].shape)
-        if tuple(value.shape) != expected:
-            raise ValueError(
-                f"{source}: prototype buffer '{key}' has shape {tuple(value.shape)} (C, K, D) but the model "
-                f"expects {expected}. Check MODEL.SEM_SEG_HEAD.NUM_CLASSES (C), MODEL.PROTOSEG.NUM_PROTOTYPES "
-                f"(K) and the decoder width (D) against the config the checkpoint was trained with."
-            )
+        if key.endswith(PROTOTYPE_SUFFIX) and key in model_state:
+            if tuple(value.shape) != tuple(model_state[key].shape):
+                raise ValueError(f"{source}: {_prototype_message(key, value.shape, model_state[key].shape)}.")
 
 
+# ---- reading files safely ---------------------------------------------------------------------
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def _corrupt(filename: str, error: BaseException) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"file {filename} is truncated or corrupt ({_first_line(error)}); it is not a complete checkpoint. "
+        f"Copy or download it again; for a checkpoint of an interrupted run, use an earlier model_*.pth"
+    )
+
+
+def _numpy_globals() -> dict:
+    """The globals that numpy's pickles of arrays, dtypes and scalars name, under NumPy 1.x's
+    (``numpy.core``) and 2.x's (``numpy._core``) module names, mapped to this numpy's objects."""
+    core = importlib.import_module("numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core")
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for module in ("numpy.core", "numpy._core"):
+        allowed[(f"{module}.multiarray", "_reconstruct")] = core.multiarray._reconstruct  # ndarray, protocol <= 4
+        allowed[(f"{module}.multiarray", "scalar")] = core.multiarray.scalar  # numpy scalars
+        allowed[(f"{module}.numeric", "_frombuffer")] = core.numeric._frombuffer  # ndarray, protocol 5
+    return allowed
+
+
+#: (module, name) -> object: all a Detectron2 / Caffe2 ``.pkl`` weight file may name. Plain dicts,
+#: lists, tuples, str, bytes, numbers, bools and None need no global.
+_PICKLE_GLOBALS = {
+    **{("builtins", t.__name__): t for t in (set, frozenset, bytearray, complex, slice)},
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles written by Python 3
+    **_numpy_globals(),
+}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what :data:`_PICKLE_GLOBALS` lists."""
+
+    def find_class(self, module, name):
+        try:
+            return _PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+
+def load_pickled_weights(file, filename: str, encoding: str = "latin1"):
+    """Unpickle a ``.pkl`` weight file (open binary ``file``, named ``filename`` in errors) with an
+    unpickler that builds only containers, scalars and numpy arrays.
+
+    Raises:
+        UnsafeCheckpointError: the file names any other global (and nothing of it has run).
+        CorruptCheckpointError: the file is truncated or not a pickle.
+    """
+    try:
+        return _WeightsUnpickler(file, encoding=encoding).load()
+    except _RefusedGlobal as e:
+        raise UnsafeCheckpointError(
+            f"{filename} is not loaded: it names the global '{e.name}', which Detectron2 .pkl weights "
+            f"(dicts of numpy arrays) never hold, and unpickling it could run code. If you trust the file, "
+            f"load it with {TRUST_PICKLE_ENV}=1 set in the environment (plain pickle), or convert it once "
+            f"to a .pth of tensors"
+        ) from None
+    except OSError:
+        raise
+    except Exception as e:  # truncated / not a pickle: EOFError, UnpicklingError, ValueError, ...
+        raise _corrupt(filename, e) from e
+
+
+class _RestrictedPickle:
+    """Stands for the ``pickle`` module in Detectron2's ``.pkl`` reader: ``load`` is
+    :func:`load_pickled_weights`."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+
+    def load(self, file, encoding: str = "latin1"):
+        return load_pickled_weights(file, self.filename, encoding)
+
+
+def _trust_pickles() -> bool:
+    return os.environ.get(TRUST_PICKLE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+# what torch's weights-only unpickler says when it refuses content (not when the file is corrupt)
+_REFUSED_BY_TORCH = re.compile(r"GLOBAL (?P<name>\S+)|unrecognized function|Can only (create|build)|must be imported")
+
+
+def _refused_by_torch(error: Exception) -> Optional[str]:
+    """What ``torch.load(weights_only=True)`` refused to build (a global's name, or its message),
+    or None when the error is another one (a truncated or corrupt file)."""
+    match = _REFUSED_BY_TORCH.search(str(error)) if isinstance(error, pickle.UnpicklingError) else None
+    if match is None:
+        return None
+    return match.group("name") or str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:200]
+
+
+def load_tensor_file(filename: str) -> dict:
+    """``torch.load(weights_only=True)`` of ``filename`` as ``{"model": ..., ...}``.
+
+    Raises:
+        UnsafeCheckpointError: the file holds pickled objects that torch refuses to build.
+        CorruptCheckpointError: the file is truncated, corrupt or not a torch file.
+    """
+    with PathManager.open(filename, "rb") as f:
+        try:
+            loaded = torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+        except OSError:
+            raise
+        except Exception as e:
+            refused = _refused_by_torch(e)
+            if refused is None:
+                raise _corrupt(filename, e) from e
+            raise UnsafeCheckpointError(
+                f"{filename} is not a plain tensor checkpoint and is not loaded, since loading it would run "
+                f"pickled code (refused: {refused}). If you trust the file, convert it once with "
+                f"torch.load(..., weights_only=False) and torch.save."
+            ) from None
+    if not isinstance(loaded, dict):
+        raise CorruptCheckpointError(f"file {filename} holds a {type(loaded).__name__}, not a checkpoint dict")
+    return loaded if "model" in loaded else {"model": loaded}
+
+
+# ---- checking keys ----------------------------------------------------------------------------
+def _listing(keys: Sequence[str]) -> str:
+    more = f", ... ({len(keys) - _LISTED} more)" if len(keys) > _LISTED else ""
+    return ", ".join(keys[:_LISTED]) + more
+
+
+def _under(key: str, prefixes: Iterable[str]) -> bool:
+    """Whether ``key`` is ``prefix`` or lies under it (module prefixes, no trailing dot needed)."""
+    return any(key == p or key.startswith(p.rstrip(".") + ".") for p in prefixes)
+
+
+def _mismatch_message(source: str, missing, unexpected, wrong, initialising: bool) -> str:
+    """The error for keys that do not fit: each kind counted and listed (shapes for the
+    mis-shaped), then what to do."""
+    parts = []
+    if wrong:
+        shapes = [f"{k} {tuple(c)} in the checkpoint vs {tuple(m)} in the model" for k, c, m in wrong]
+        parts.append(f"{len(wrong)} mis-shaped: {_listing(shapes)}")
+    if missing:
+        parts.append(f"{len(missing)} missing from the checkpoint: {_listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} not in the model: {_listing(unexpected)}")
+    text = f"{source} does not fit the model ({'; '.join(parts)}). "
+    text += "".join(f"The {_prototype_message(k, c, m)}. " for k, c, m in wrong if k.endswith(PROTOTYPE_SUFFIX))
+    modules = sorted({k.rsplit(".", 1)[0] for k, _, _ in wrong})
+    if initialising and modules:
+        flags = " ".join(f"--skip-weights {m}" for m in modules[:_LISTED])
+        return text + (
+            f"To fine-tune from it (e.g. on another class set), leave the mis-shaped modules out: "
+            f"train_net.py {flags} (they keep their initialisation)"
+        )
+    return text + "Use the config the checkpoint was trained with (e.g. MODEL.SEM_SEG_HEAD.NUM_CLASSES)"
+
+
+# ---- atomic writes ----------------------------------------------------------------------------
 class _AtomicFile:
     """A binary or text file opened for writing at ``<path>.tmp``, renamed to ``path`` on a clean
     close and deleted on an exception."""
 
     def __init__(self, path: str, mode: str):
-        self.path, self.tmp = path, f"{path}.tmp"
+        self.path, self.tmp = path, path + TEMP_SUFFIX
         self.file = open(self.tmp, mode)
 
     def __getattr__(self, name):
@@ -77,32 +293,128 @@ class _AtomicWrites:
         return self._path_manager.open(path, mode, **kwargs)
 
 
+def _is_temporary(name: str) -> bool:
+    """Whether a file name is one of :class:`_AtomicFile`'s temporary names of a checkpointer
+    (``<checkpoint>.pth.tmp``, ``last_checkpoint.tmp``)."""
+    return name.endswith(".pth" + TEMP_SUFFIX) or name == "last_checkpoint" + TEMP_SUFFIX
+
+
 class ProtoSegCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that writes atomically and whose loading fails clearly on a prototype
-    shape mismatch."""
+    """DetectionCheckpointer that writes atomically, reads safely and loads a checkpoint only if
+    every key fits the model (see the module docstring)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.path_manager = _AtomicWrites(self.path_manager)
+        self._current_path = None
+        self._backbone_init = False
+        self._skip_weights: Sequence[str] = ()
+        self._tag_last = True
+        if self.save_dir and self.save_to_disk and "://" not in self.save_dir:
+            self._remove_stale_temporaries()
 
-    def _load_model(self, checkpoint):
-        check_prototype_shapes(self.model.state_dict(), checkpoint["model"], self._current_path)
-        return super()._load_model(checkpoint)
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporary files that a save killed before its rename left in ``save_dir``."""
+        if not os.path.isdir(self.save_dir):
+            return
+        stale = sorted(n for n in os.listdir(self.save_dir) if _is_temporary(n))
+        for name in stale:
+            os.remove(os.path.join(self.save_dir, name))
+        if stale:
+            logger.warning("removed %s from %s, left by an interrupted checkpoint save", ", ".join(stale), self.save_dir)
+
+    # ---- saving
+    def save(self, name: str, *, tag_last: bool = True, **kwargs) -> None:
+        """fvcore's ``save``; with ``tag_last=False`` ``last_checkpoint`` is left as it is (for
+        ``model_best.pth``, which ``--resume`` must not continue from)."""
+        self._tag_last = tag_last
+        try:
+            super().save(name, **kwargs)
+        finally:
+            self._tag_last = True
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if self._tag_last:
+            super().tag_last_checkpoint(last_filename_basename)
+
+    # ---- loading
+    def load(self, path, checkpointables=None, *, backbone_init: bool = False, skip_weights: Sequence[str] = ()):
+        """fvcore's ``load``: the model's weights from ``path`` (and ``checkpointables``, all if
+        None). Every missing, unexpected or mis-shaped key is a :class:`CheckpointMismatchError`,
+        except:
+
+        Args:
+            backbone_init: a file that holds backbone keys only initialises the backbone; the other
+                keys of the model keep their initialisation (one line is logged).
+            skip_weights: module prefixes (e.g. ``sem_seg_head.classifier``) whose keys are
+                neither loaded nor checked: they keep their initialisation.
+        """
+        self._current_path, self._backbone_init, self._skip_weights = path, backbone_init, tuple(skip_weights)
+        try:
+            return super().load(path, checkpointables)
+        finally:
+            self._backbone_init, self._skip_weights = False, ()
+
+    def resume_or_load(self, path: str, *, resume: bool = True, skip_weights: Sequence[str] = ()):
+        """``resume`` and a ``last_checkpoint`` in ``save_dir``: load it, and the checkpointables,
+        with every key checked. Otherwise initialise the model for training from ``path``
+        (``MODEL.WEIGHTS``): a backbone-only file initialises the backbone, ``skip_weights``
+        prefixes are left out; nothing else is loaded."""
+        if resume and self.has_checkpoint():
+            if skip_weights:
+                logger.warning("resuming from %s: --skip-weights applies to MODEL.WEIGHTS only", self.get_checkpoint_file())
+            return self.load(self.get_checkpoint_file())
+        return self.load(path, checkpointables=[], backbone_init=True, skip_weights=skip_weights)
 
     def _load_file(self, filename):
-        if not filename.endswith(".pth"):
+        if filename.endswith(".pyth"):  # pycls: Detectron2's reader (torch.load's default)
             return super()._load_file(filename)
-        with PathManager.open(filename, "rb") as f:
-            try:
-                loaded = torch.load(f, map_location=torch.device("cpu"), weights_only=True)
-            except Exception as e:  # torch raises UnpicklingError (or others) for disallowed content
-                raise ValueError(
-                    f"{filename} is not a plain tensor checkpoint and is not loaded, since loading it would "
-                    f"run pickled code ({type(e).__name__}: {str(e).splitlines()[0][:200]}). If you trust "
-                    f"the file, convert it once with torch.load(..., weights_only=False) and torch.save."
-                ) from e
-        return loaded if "model" in loaded else {"model": loaded}
+        if not filename.endswith(".pkl"):
+            return load_tensor_file(filename)
+        if _trust_pickles():
+            logger.warning("%s=1: reading %s with plain pickle", TRUST_PICKLE_ENV, filename)
+            return super()._load_file(filename)
+        # Detectron2's reader (model zoo / Caffe2 layouts) with the restricted unpickler
+        with mock.patch.object(detection_checkpoint, "pickle", _RestrictedPickle(filename)):
+            return super()._load_file(filename)
 
-    def load(self, path, *args, **kwargs):
-        self._current_path = path
-        return super().load(path, *args, **kwargs)
+    def _load_model(self, checkpoint):
+        source = self._current_path or "checkpoint"
+        state = checkpoint["model"]
+        skipped = [k for k in state if _under(k, self._skip_weights)]
+        for key in skipped:
+            del state[key]
+        if skipped:
+            logger.info("%s: not loaded (--skip-weights %s): %s", source, " ".join(self._skip_weights), _listing(skipped))
+        return self._check_keys(super()._load_model(checkpoint), source)
+
+    def _check_keys(self, incompatible: _IncompatibleKeys, source: str) -> _IncompatibleKeys:
+        """Raise CheckpointMismatchError unless every key of the model was loaded (BatchNorm
+        counters, skipped prefixes and, for a backbone initialisation, the keys outside the
+        backbone aside). Returns no incompatible keys: the allowed ones are logged here."""
+        not_shared = set(_filter_reused_missing_keys(self.model, incompatible.missing_keys))
+        missing = [
+            k for k in incompatible.missing_keys  # (in the model's order)
+            if k in not_shared and not k.endswith(_OPTIONAL_SUFFIXES) and not _under(k, self._skip_weights)
+        ]
+        unexpected = list(incompatible.unexpected_keys)
+        wrong = [w for w in incompatible.incorrect_shapes if not _under(w[0], self._skip_weights)]
+        if self._backbone_init and self._holds_backbone_only(incompatible):
+            head = [k for k in missing if not k.startswith(BACKBONE_PREFIX)]
+            missing = [k for k in missing if k.startswith(BACKBONE_PREFIX)]
+            logger.info(
+                "%s holds backbone weights only: the backbone is initialised from it, the %d other tensors "
+                "of the model (%s) keep their initialisation", source, len(head), _listing(head),
+            )
+        if missing or unexpected or wrong:
+            raise CheckpointMismatchError(_mismatch_message(source, missing, unexpected, wrong, self._backbone_init))
+        return _IncompatibleKeys(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])
+
+    def _holds_backbone_only(self, incompatible: _IncompatibleKeys) -> bool:
+        """Whether every key the checkpoint supplied (loaded, unexpected or mis-shaped; optional
+        keys aside) is a backbone key."""
+        not_loaded = set(incompatible.missing_keys) | {k for k, _, _ in incompatible.incorrect_shapes}
+        supplied = [k for k in self.model.state_dict() if k not in not_loaded]
+        supplied += list(incompatible.unexpected_keys) + [k for k, _, _ in incompatible.incorrect_shapes]
+        supplied = [k for k in supplied if not k.endswith(_OPTIONAL_SUFFIXES)]
+        return bool(supplied) and all(k.startswith(BACKBONE_PREFIX) for k in supplied)

@@ -1,9 +1,10 @@
-from .hooks import PrototypeStatisticsHook, PrototypeSyncCheckHook
+from .hooks import BestCheckpointHook, PrototypeStatisticsHook, PrototypeSyncCheckHook
 from .launch import create_ddp_model, launch
 from .train_loop import ProtoSegTrainLoop
 from .trainer import Trainer, evaluate_checkpoint, setup_cfg
 
 __all__ = [
+    "BestCheckpointHook",
     "PrototypeStatisticsHook",
     "PrototypeSyncCheckHook",
     "ProtoSegTrainLoop",

@@ -5,12 +5,13 @@ import logging
 import torch
 
 from detectron2.engine import HookBase
+from detectron2.engine.hooks import BestCheckpointer
 from detectron2.utils import comm
 from detectron2.utils.comm import is_main_process
 
 from ..modeling.prototype_memory import PrototypeMemory
 
-__all__ = ["PrototypeStatisticsHook", "PrototypeSyncCheckHook", "prototype_fingerprint"]
+__all__ = ["BestCheckpointHook", "PrototypeStatisticsHook", "PrototypeSyncCheckHook", "prototype_fingerprint"]
 
 
 def find_prototype_heads(model):
@@ -84,3 +85,23 @@ class PrototypeSyncCheckHook(HookBase):
                 f"{differing} differ from rank 0. The head all-reduces its prototype updates, so this is "
                 f"a bug or a broken process group; resume from the last checkpoint (--resume) and report it"
             )
+
+
+class _UntaggedSaves:
+    """A :class:`ProtoSegCheckpointer` whose saves leave ``last_checkpoint`` as it is."""
+
+    def __init__(self, checkpointer):
+        self._checkpointer = checkpointer
+
+    def save(self, name, **kwargs):
+        self._checkpointer.save(name, tag_last=False, **kwargs)
+
+
+class BestCheckpointHook(BestCheckpointer):
+    """Detectron2's ``BestCheckpointer`` (``model_best.pth`` after each evaluation that improves
+    ``val_metric``), except that ``model_best.pth`` is not tagged in ``last_checkpoint``: Detectron2's
+    tags it, so that ``--resume`` would continue from the best checkpoint (maybe many iterations
+    before the latest one, or after it) instead of the latest."""
+
+    def __init__(self, eval_period: int, checkpointer, val_metric: str, mode: str = "max"):
+        super().__init__(eval_period, _UntaggedSaves(checkpointer), val_metric, mode)

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 
 from ..modeling.prototype_memory import PrototypeMemory
 
@@ -108,7 +109,8 @@ class ProtoSegTrainLoop(SimpleTrainer):
         self.consecutive_skips += 1
         self.total_skips += 1
         values = {k: float(v.detach()) for k, v in loss_dict.items()}
-        self.storage.put_scalar("skipped_nonfinite_steps", self.total_skips, smoothing_hint=False)
+        # the storage of the running trainer (under Trainer this loop has none of its own)
+        get_event_storage().put_scalar("skipped_nonfinite_steps", self.total_skips, smoothing_hint=False)
         if self.consecutive_skips > self.skip_limit:
             raise FloatingPointError(
                 f"loss is not finite for {self.consecutive_skips} consecutive iterations (the last at "

@@ -1,10 +1,12 @@
 """The training and evaluation loop: Detectron2's ``DefaultTrainer`` with the project's loader,
-optimizer, schedule, evaluator, per-class report, prototype statistics and best checkpoint."""
+optimizer, schedule, evaluator, per-class report, prototype statistics, best checkpoint and
+checkpointer (which refuses weights that do not fit the model)."""
 import functools
 import logging
 import os
 import weakref
 from collections import OrderedDict
+from typing import Sequence
 from unittest import mock
 
 from detectron2.config import get_cfg
@@ -19,7 +21,7 @@ from ..config import add_protoseg_config
 from ..data.mapper import SemSegDatasetMapper
 from ..evaluation import SemSegReportEvaluator, format_per_class_table
 from ..solver import build_lr_scheduler, build_optimizer
-from .hooks import PrototypeStatisticsHook, PrototypeSyncCheckHook
+from .hooks import BestCheckpointHook, PrototypeStatisticsHook, PrototypeSyncCheckHook
 from .launch import create_ddp_model
 from .train_loop import ProtoSegTrainLoop
 
@@ -85,13 +87,23 @@ class Trainer(DefaultTrainer):
         extra = [PrototypeStatisticsHook(period=20), PrototypeSyncCheckHook(self.cfg.MODEL.PROTOSEG.SYNC_CHECK_PERIOD)]
         if self.cfg.SOLVER.BEST_CHECKPOINT_METRIC and self.cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
             extra.append(
-                hooks.BestCheckpointer(
+                BestCheckpointHook(
                     self.cfg.TEST.EVAL_PERIOD, self.checkpointer, self.cfg.SOLVER.BEST_CHECKPOINT_METRIC, "max"
                 )
             )
         # After the EvalHook (it produces the metric), before the writers (they print it).
         writer_index = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
         return hook_list[:writer_index] + extra + hook_list[writer_index:]
+
+    def resume_or_load(self, resume: bool = True, *, skip_weights: Sequence[str] = ()):
+        """Detectron2's: with ``resume`` and a ``last_checkpoint`` in ``OUTPUT_DIR``, continue from
+        it (every key checked); otherwise initialise the model from ``MODEL.WEIGHTS``, where a
+        backbone-only file initialises the backbone and the keys under the ``skip_weights`` module
+        prefixes are left out (see :meth:`ProtoSegCheckpointer.resume_or_load`)."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume, skip_weights=skip_weights)
+        if resume and self.checkpointer.has_checkpoint():
+            # the checkpoint holds the iteration that had just finished
+            self.start_iter = self.iter + 1
 
     def state_dict(self):
         """Detectron2 v0.6's DefaultTrainer leaves the optimizer out of its checkpoints, so
@@ -139,8 +151,22 @@ def setup_cfg(args):
     return cfg
 
 
-def evaluate_checkpoint(cfg):
-    """``--eval-only``: load ``cfg.MODEL.WEIGHTS`` and evaluate."""
+def evaluate_checkpoint(cfg, allow_random_weights: bool = False):
+    """``--eval-only``: load ``cfg.MODEL.WEIGHTS`` (every key of the model checked) and evaluate.
+
+    Raises:
+        ValueError: ``cfg.MODEL.WEIGHTS`` is empty and not ``allow_random_weights``: the scores of
+            a randomly initialised model would be reported as the model's.
+    """
+    if not cfg.MODEL.WEIGHTS:
+        if not allow_random_weights:
+            raise ValueError(
+                "--eval-only without MODEL.WEIGHTS would evaluate a randomly initialised model: pass the "
+                "checkpoint (... --eval-only MODEL.WEIGHTS path/to/model_final.pth), or --allow-random-weights "
+                "to score the random model on purpose"
+            )
+        logger.warning("--allow-random-weights: evaluating a randomly initialised model (MODEL.WEIGHTS is empty)")
     model = Trainer.build_model(cfg)
-    ProtoSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    if cfg.MODEL.WEIGHTS:
+        ProtoSegCheckpointer(model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
     return Trainer.test(cfg, model)
