@@ -31,5 +31,9 @@ setup(
         # datasets/prepare_*.py: COCO-Stuff-10k's .mat annotations (scipy.io.loadmat) and
         # Cityscapes' label definitions / trainId conversion (cityscapesScripts).
         "datasets": ["scipy", "cityscapesScripts"],
+        # tools/export_model.py: write ONNX and check it in onnxruntime (onnxscript: its --dynamo exporter)
+        "export": ["onnx", "onnxruntime", "onnxscript"],
+        # demo/web.py, the web page
+        "web": ["gradio>=6,<7"],
     },
 )

@@ -4,8 +4,10 @@
 # the pinned pure-Python build of pb1-detectron2 0.6 with the alias backport), the protoseg
 # package (editable) and the test tools.
 #
-# Usage: bash tools/setup_env.sh [--force]      (from any directory; no prompts, CI-safe)
+# Usage: bash tools/setup_env.sh [--force] [--dev]   (from any directory; no prompts, CI-safe)
 #   --force        ignore the up-to-date stamp and run every step again
+#   --dev          also the optional extras the tests need: export (onnx, onnxruntime), web (gradio)
+#                  and selenium (tools/run_tests.sh passes it; training needs none of them)
 #   PYTHON=...     base interpreter for a new venv (default: python3)
 #
 # Only the package registries pip is configured with are contacted. A second run when nothing
@@ -16,13 +18,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 STAMP="$VENV/.protoseg-setup.stamp"
+DEV_STAMP="$VENV/.protoseg-setup-dev.stamp"  # the --dev extras are installed (same inputs hash)
 BASE_PYTHON="${PYTHON:-python3}"
 
 FORCE=0
+DEV=0
 for arg in "$@"; do
     case "$arg" in
         --force) FORCE=1 ;;
-        -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --dev) DEV=1 ;;
+        -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup_env.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -69,6 +74,8 @@ EOF
     )
 }
 
+check_dev_imports() { (cd / && "$PY" -c "import onnx, onnxruntime, gradio, selenium") >/dev/null 2>&1; }
+
 # --- 1. virtual environment ----------------------------------------------------------------
 if [[ ! -x "$PY" ]]; then
     command -v "$BASE_PYTHON" >/dev/null || die "no $BASE_PYTHON to create the venv with (set PYTHON=...)"
@@ -80,14 +87,15 @@ fi
 
 # --- fast path: nothing changed since the last complete run ----------------------------------
 HASH="$(inputs_hash)"
+dev_ready() { [[ "$DEV" == 0 ]] || { [[ -f "$DEV_STAMP" && "$(cat "$DEV_STAMP")" == "$HASH" ]] && check_dev_imports; }; }
 if [[ "$FORCE" == 0 && -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
-    if check_imports; then
+    if check_imports && dev_ready; then
         log "up to date (stamp $STAMP); nothing installed"
         exit 0
     fi
-    log "the stamp says up to date but the imports fail: running the installs again"
+    log "the stamp says up to date but the imports fail or the --dev extras are missing: running the installs again"
 fi
-rm -f "$STAMP"
+rm -f "$STAMP" "$DEV_STAMP"
 
 # --- 2. torch + torchvision ------------------------------------------------------------------
 if "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
@@ -108,10 +116,21 @@ log "installing protoseg (editable) and pytest"
 # `import pkg_resources`, which setuptools 82 removed; detectron2 main has the same import
 # (facebookresearch/detectron2 issue #5494, open). >=78.1.1: fix for CVE-2025-47273; torch 2.14.1
 # itself requires setuptools>=77.0.3.
-pip_q install -e "$ROOT[datasets]" pytest pytest-timeout "setuptools>=78.1.1,<82" \
-    || die "pip install -e $ROOT (protoseg) / pytest failed"
+EXTRAS=datasets
+TEST_TOOLS=(pytest pytest-timeout)
+if [[ "$DEV" == 1 ]]; then
+    log "--dev: also the export and web extras (onnx, onnxruntime, gradio) and selenium"
+    EXTRAS=datasets,export,web
+    TEST_TOOLS+=(selenium)
+fi
+pip_q install -e "$ROOT[$EXTRAS]" "${TEST_TOOLS[@]}" "setuptools>=78.1.1,<82" \
+    || die "pip install -e $ROOT[$EXTRAS] (protoseg) / ${TEST_TOOLS[*]} failed"
 
 # --- 5. check --------------------------------------------------------------------------------
 check_imports || die "import detectron2.modeling, detectron2.evaluation, detectron2.engine, protoseg failed (see above)"
+if [[ "$DEV" == 1 ]]; then
+    check_dev_imports || die "import onnx, onnxruntime, gradio, selenium failed after the --dev installs"
+    inputs_hash > "$DEV_STAMP"
+fi
 inputs_hash > "$STAMP"
 log "done; activate with: source $VENV/bin/activate"

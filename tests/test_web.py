@@ -1,0 +1,145 @@
+"""demo/web.py end to end: the page is started on a free localhost port, headless Chromium (Debian's
+chromium + chromium-driver, driven by selenium) uploads a toy image, and the prediction the page
+shows must be pixel-equal to demo/demo.py's picture of the same image (both are PNG: lossless), with
+the prototype pictures beside it. Needs the [web] extra (gradio, selenium) and Chromium
+(tools/run_tests.sh installs it)."""
+import importlib.util
+import io
+import shutil
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, TOY_CONFIGS, free_port
+
+pytest.importorskip("gradio")
+pytest.importorskip("selenium")
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1800"]
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+web = _load("protoseg_web", REPO / "demo" / "web.py")
+demo = sys.modules["demo"]  # demo/demo.py, imported by web.py
+
+
+def web_args(weights, port):
+    return ["--config-file", str(TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"), "--port", str(port),
+            "--opts", "MODEL.WEIGHTS", str(weights), "DATASETS.TEST", "('toy_test_val',)"]
+
+
+@pytest.fixture(scope="module")
+def page(trained_toy_checkpoint):
+    """URL of the page of the trained toy model, served from a thread of this process."""
+    _, weights = trained_toy_checkpoint
+    port = free_port()
+    app = web.main(web_args(weights, port), block=False)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not binary or not driver:
+        # an environment without a browser, not a missing feature: tools/run_tests.sh installs it
+        # (and warns when it cannot), so the suite run as the README says does drive the page
+        pytest.skip("Chromium is not installed: apt-get install -y chromium chromium-driver "
+                    "(bash tools/run_tests.sh does it)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    yield session
+    session.quit()
+
+
+def shown_image(browser, elem_id, timeout=120, previous=None):
+    """The picture an Image component shows (once it shows one other than ``previous``), as RGB."""
+    def ready(b):
+        found = b.find_elements(By.CSS_SELECTOR, f"#{elem_id} img")
+        src = found[0].get_attribute("src") if found else None
+        return src if src and src != previous else False
+
+    src = WebDriverWait(browser, timeout).until(ready)
+    with urllib.request.urlopen(src, timeout=30) as response:
+        return np.array(Image.open(io.BytesIO(response.read())).convert("RGB")), src
+
+
+def test_uploaded_image_shows_the_demo_picture_and_prototypes(page, browser, trained_toy_checkpoint, toy_dataset,
+                                                             tmp_path):
+    _, weights = trained_toy_checkpoint
+    image_path = str(sorted((toy_dataset / "images" / "validation").glob("*.jpg"))[3])
+    reference = tmp_path / "demo.png"
+    demo.main(["--config-file", str(TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"), "--input", image_path,
+               "--output", str(reference), "--opts", "MODEL.WEIGHTS", str(weights),
+               "DATASETS.TEST", "('toy_test_val',)"])
+
+    browser.get(page)
+    upload = WebDriverWait(browser, 60).until(
+        lambda b: b.find_element(By.CSS_SELECTOR, "#input-image input[type=file]"))
+    upload.send_keys(image_path)
+    shown, _ = shown_image(browser, "prediction")
+    expected = np.array(Image.open(reference).convert("RGB"))
+    assert shown.shape == expected.shape == (512, 512, 3)
+    np.testing.assert_array_equal(shown, expected)  # PNG both ways: pixel-equal
+
+    assignment, _ = shown_image(browser, "assignment")
+    similarity, src = shown_image(browser, "similarity")
+    assert assignment.std() > 10 and similarity.shape == (512, 512, 3) and similarity.std() > 1
+    caption = browser.find_element(By.CSS_SELECTOR, "#caption").text
+    assert "predicted px" in caption and "closest to prototype" in caption
+    browser.save_screenshot(str(tmp_path / "page.png"))
+
+    # another prototype of the same class: its similarity map replaces the first one
+    number = browser.find_element(By.CSS_SELECTOR, "#prototype input[type=number]")
+    current = int(number.get_attribute("value"))
+    number.clear()
+    number.send_keys(str((current + 1) % 10), "\n")
+    other, _ = shown_image(browser, "similarity", previous=src)
+    assert other.shape == similarity.shape and not np.array_equal(other, similarity)
+
+
+def test_refuses_to_start_without_weights(tmp_path):
+    args = ["--config-file", str(TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"), "--port", str(free_port())]
+    with pytest.raises(SystemExit, match="--allow-random-weights"):
+        web.main(args)
+
+
+def test_parametric_model_gets_the_prediction_only(toy_dataset):
+    """No prototype memory: the page has no prototype panel, the prediction is the demo's."""
+    cfg = web.setup_cfg(web.get_parser().parse_args([
+        "--config-file", str(TOY_CONFIGS / "parametric_r18-d8_fcn_toy.yaml"), "--allow-random-weights",
+        "--opts", "DATASETS.TEST", "('toy_test_val',)"]))
+    session = web.Session(cfg, alpha=0.6)
+    assert session.explorer is None
+    image_path = str(sorted((toy_dataset / "images" / "validation").glob("*.jpg"))[0])
+    overlay, state, choices = session.analyse(image_path)
+    _, expected = session.demo.run_on_image(demo.read_image(image_path, format="BGR"))
+    np.testing.assert_array_equal(overlay, expected)
+    assert state is None and choices == []
+    app = web.build_app(session, [image_path])
+    assert not any(getattr(block, "elem_id", None) == "prototype" for block in app.blocks.values())
+
+
+def test_names_the_missing_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import fails as if not installed
+    with pytest.raises(SystemExit, match=r"gradio is not installed.*pip install -e '\.\[web\]'"):
+        web.main(["--config-file", str(TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"), "--allow-random-weights"])
