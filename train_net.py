@@ -14,10 +14,21 @@
 MODEL.WEIGHTS must fit the model: a missing, unexpected or mis-shaped key is an error, except that
 a file of backbone keys only (tools/convert_pretrained.py) initialises the backbone of a training
 run, and --skip-weights leaves the named modules out of a fine-tuning initialisation.
-"""
-from detectron2.engine import default_argument_parser
 
-from protoseg.engine import Trainer, evaluate_checkpoint, launch, setup_cfg
+The console (and OUTPUT_DIR/log.txt, without colour codes) starts with the versions and device, a
+summary of the run (config file, model, data, schedule with the effective warm-up, precision,
+output, test protocol) and the model's size in one line; the full config is always written to
+OUTPUT_DIR/config.yaml. --print-config also logs the full config, --print-model the model's
+modules. An evaluation ends with "Results on DATASET: mIoU ..  fwIoU ..  mACC ..  pACC ..". An
+error in a DataLoader worker is reported by its own message first ("LabelMapError: label map ...
+has id(s) ..."), then its traceback. Known-harmless warnings of torch and Detectron2 are filtered
+when protoseg is imported (protoseg.KNOWN_WARNINGS); `python -m detectron2.utils.collect_env`
+prints the full environment report.
+"""
+# protoseg first: it filters the known-harmless warnings that Detectron2's modules raise at import
+from protoseg.engine import Trainer, evaluate_checkpoint, launch, setup_cfg  # isort: skip
+
+from detectron2.engine import default_argument_parser
 
 
 def get_parser():
@@ -33,6 +44,13 @@ def get_parser():
         help="training: do not load the keys of MODEL.WEIGHTS under this module prefix (e.g. "
              "sem_seg_head.classifier, to fine-tune on another class set); repeat for several",
     )
+    parser.add_argument(
+        "--print-config", action="store_true",
+        help="log the full config (always written to OUTPUT_DIR/config.yaml), not only its summary",
+    )
+    parser.add_argument(
+        "--print-model", action="store_true", help="log the model's modules, not only its size",
+    )
     return parser
 
 
@@ -41,6 +59,7 @@ def main(args):
     skip_weights = getattr(args, "skip_weights", [])
     if args.eval_only and skip_weights:
         raise ValueError("--skip-weights is for training; --eval-only loads every key of MODEL.WEIGHTS")
+    Trainer.print_model = getattr(args, "print_model", False)
     cfg = setup_cfg(args)
     if args.eval_only:
         return evaluate_checkpoint(cfg, allow_random_weights=getattr(args, "allow_random_weights", False))
@@ -51,7 +70,6 @@ def main(args):
 
 if __name__ == "__main__":
     args = get_parser().parse_args()
-    print("Command Line Args:", args)
     launch(
         main,
         args.num_gpus,

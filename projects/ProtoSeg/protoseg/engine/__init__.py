@@ -1,3 +1,4 @@
+from .console import config_summary, environment_summary, model_summary, setup_run
 from .hooks import BestCheckpointHook, PrototypeStatisticsHook, PrototypeSyncCheckHook
 from .launch import create_ddp_model, launch
 from .train_loop import ProtoSegTrainLoop
@@ -9,8 +10,12 @@ __all__ = [
     "PrototypeSyncCheckHook",
     "ProtoSegTrainLoop",
     "Trainer",
+    "config_summary",
     "create_ddp_model",
+    "environment_summary",
     "evaluate_checkpoint",
     "launch",
+    "model_summary",
     "setup_cfg",
+    "setup_run",
 ]

@@ -6,7 +6,11 @@ CPU model. :func:`launch` is Detectron2's on a machine with CUDA and otherwise s
 workers with the gloo backend (as later Detectron2 does); :func:`create_ddp_model` is Detectron2's
 with ``device_ids`` left out for CPU models. Same arguments as Detectron2's, so
 ``train_net.py --num-gpus N`` means N processes per machine on either kind of machine.
+
+In every process the main function runs through :func:`~protoseg.engine.console.run_reporting_worker_errors`:
+an error of a DataLoader worker is reported by its own message first.
 """
+import functools
 import logging
 import os
 import sys
@@ -20,6 +24,8 @@ from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.engine import launch as d2_launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
 from detectron2.utils import comm
+
+from .console import run_reporting_worker_errors
 
 __all__ = ["launch", "create_ddp_model"]
 
@@ -38,10 +44,11 @@ def launch(
     local port for one machine). GPUs: Detectron2's launch (NCCL). No CUDA: gloo processes, each
     with ``cpu_count // num_processes_per_machine`` intra-op threads."""
     if torch.cuda.is_available():
+        main_func = functools.partial(run_reporting_worker_errors, main_func)
         return d2_launch(main_func, num_processes_per_machine, num_machines, machine_rank, dist_url, args, timeout)
     world_size = num_machines * num_processes_per_machine
     if world_size == 1:
-        return main_func(*args)
+        return run_reporting_worker_errors(main_func, *args)
     if dist_url == "auto":
         if num_machines != 1:
             raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT of machine 0")
@@ -70,7 +77,7 @@ def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, di
         if machine == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
     comm.synchronize()
-    main_func(*args)
+    run_reporting_worker_errors(main_func, *args)
     # Every rank is done and its files are written. Leave without interpreter teardown: gloo's
     # destructors can abort at exit ("terminate called without an active exception", seen now and
     # then on 2-process CPU runs), which would report a finished run as crashed.

@@ -10,17 +10,24 @@ from typing import Sequence
 from unittest import mock
 
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
+from detectron2.modeling import build_model
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import ProtoSegCheckpointer
 from ..config import add_protoseg_config
 from ..data.mapper import SemSegDatasetMapper
 from ..evaluation import SemSegReportEvaluator, format_per_class_table
+from ..evaluation.report import format_summary_metrics
 from ..solver import build_lr_scheduler, build_optimizer
+from .console import model_summary, setup_run
 from .hooks import BestCheckpointHook, PrototypeStatisticsHook, PrototypeSyncCheckHook
 from .launch import create_ddp_model
 from .train_loop import ProtoSegTrainLoop
@@ -40,7 +47,13 @@ class Trainer(DefaultTrainer):
     :class:`ProtoSegTrainLoop` (skips a non-finite step instead of ending the run; AMP with
     ``SOLVER.AMP.ENABLED``) and the DDP wrapper is :func:`create_ddp_model`, which also works for
     CPU processes (gloo).
+
+    The model is logged as one line of sizes (:func:`~protoseg.engine.console.model_summary`);
+    set ``Trainer.print_model = True`` (``train_net.py --print-model``) to log its modules too.
     """
+
+    #: log the module tree of every model built, besides its one-line summary
+    print_model = False
 
     def __init__(self, cfg):
         train_loop = functools.partial(
@@ -52,8 +65,21 @@ class Trainer(DefaultTrainer):
             super().__init__(cfg)
 
     @classmethod
+    def build_model(cls, cfg):
+        """Detectron2's ``build_model``, logged as one line of sizes (and the modules with
+        :attr:`print_model`) instead of Detectron2's print of every module."""
+        model = build_model(cfg)
+        logger.info(model_summary(model))
+        if cls.print_model:
+            logger.info("Model:\n%s", model)
+        return model
+
+    @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, is_train=True))
+        """Detectron2's loader with the project's mapper; the number of training images logged."""
+        dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        logger.info("Training data: %s, %d images", " + ".join(cfg.DATASETS.TRAIN), len(dataset))
+        return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, is_train=True), dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -125,7 +151,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """Evaluate on ``cfg.DATASETS.TEST`` and print a per-class IoU table for each (the
+        """Evaluate on ``cfg.DATASETS.TEST`` and log, for each, a per-class IoU table and last
+        the dataset's metrics as plain numbers ("Results on NAME: mIoU 41.23  fwIoU ...") (the
         evaluator of :meth:`build_evaluator` writes the report files)."""
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and len(cfg.DATASETS.TEST) > 0:  # DATASETS.TEST () skips evaluation
@@ -135,19 +162,21 @@ class Trainer(DefaultTrainer):
                     continue
                 classes = MetadataCatalog.get(name).stuff_classes
                 logger.info("Per-class results on %s:\n%s", name, format_per_class_table(res["sem_seg"], classes))
+                logger.info("Results on %s: %s", name, format_summary_metrics(res["sem_seg"]))
         return results if isinstance(results, OrderedDict) else OrderedDict(results)
 
 
 def setup_cfg(args):
-    """Config from ``args.config_file`` and ``args.opts`` with the project's keys, then
-    Detectron2's ``default_setup`` (output dir, logging, seed, environment report)."""
+    """Config from ``args.config_file`` and ``args.opts`` with the project's keys, then the setup
+    of Detectron2's ``default_setup`` (output dir, loggers, ``config.yaml``, seed) with a summary
+    of the environment and the config (:func:`~protoseg.engine.console.setup_run`; the full config
+    is logged too when ``args.print_config``)."""
     cfg = get_cfg()
     add_protoseg_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="protoseg")
+    setup_run(cfg, args, print_config=getattr(args, "print_config", False))
     return cfg
 
 

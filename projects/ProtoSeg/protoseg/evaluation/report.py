@@ -9,6 +9,8 @@ import numpy as np
 from tabulate import tabulate
 
 __all__ = [
+    "SUMMARY_METRICS",
+    "format_summary_metrics",
     "per_class_rows",
     "format_per_class_table",
     "save_per_class_csv",
@@ -17,6 +19,16 @@ __all__ = [
     "format_confused_pairs_table",
     "save_confused_pairs_csv",
 ]
+
+
+#: the whole-dataset metrics of Detectron2's ``SemSegEvaluator`` (percent)
+SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+
+
+def format_summary_metrics(results: Dict[str, float]) -> str:
+    """``"mIoU 41.23  fwIoU 70.01  mACC 52.40  pACC 80.12"``: the :data:`SUMMARY_METRICS` of the
+    flat ``results["sem_seg"]`` dict as plain numbers (``np.float64`` or not; absent ones left out)."""
+    return "  ".join(f"{k} {_fmt(float(results[k]))}" for k in SUMMARY_METRICS if k in results)
 
 
 def per_class_rows(results: Dict[str, float], class_names: Sequence[str]) -> List[Dict]:
