@@ -1,4 +1,5 @@
 """Shared fixtures: configs of the toy model, and a small toy-scenes dataset generated once."""
+import importlib.util
 import os
 import socket
 from pathlib import Path
@@ -22,6 +23,14 @@ def toy_cfg(name: str = "protoseg_r18-d8_fcn_toy.yaml", opts=()):
     cfg.merge_from_file(str(TOY_CONFIGS / name))
     cfg.merge_from_list(list(opts))
     return cfg
+
+
+def load_script(name: str, path: Path):
+    """Import a script of the repository (demo/, tools/) as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

@@ -1,5 +1,4 @@
 """demo/demo.py: pictures of the predictions, label maps (8- and 16-bit), videos, errors."""
-import importlib.util
 import sys
 
 import cv2
@@ -12,18 +11,11 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
 
-from conftest import REPO, TOY_CONFIGS, toy_cfg
+from conftest import REPO, TOY_CONFIGS, load_script, toy_cfg
 from log_records import Records
 
 
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("protoseg_demo", REPO / "demo" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
+demo = load_script("protoseg_demo", REPO / "demo" / "demo.py")
 predictor = sys.modules["predictor"]  # demo/predictor.py, imported by demo.py
 
 

@@ -1,7 +1,6 @@
 """ONNX / TorchScript export (protoseg/export.py, tools/export_model.py): the exported toy models
 give PyTorch's logits (>= 99.99 % same argmax, logits within 1e-3) at two image sizes with one file,
 and the tool fails (non-zero exit) when its check fails. Needs the [export] extra."""
-import importlib.util
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import torch
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-from conftest import REPO, TOY_CONFIGS, toy_cfg
+from conftest import REPO, TOY_CONFIGS, load_script, toy_cfg
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -32,14 +31,7 @@ from protoseg.export import (  # noqa: E402
 MIN_AGREEMENT, ATOL = 0.9999, 1e-3
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("export_model_tool", REPO / "tools" / "export_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_script("export_model_tool", REPO / "tools" / "export_model.py")
 
 
 def val_inputs(toy_dataset, cfg, count=3):

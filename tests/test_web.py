@@ -3,7 +3,6 @@ chromium + chromium-driver, driven by selenium) uploads a toy image, and the pre
 shows must be pixel-equal to demo/demo.py's picture of the same image (both are PNG: lossless), with
 the prototype pictures beside it. Needs the [web] extra (gradio, selenium) and Chromium
 (tools/run_tests.sh installs it)."""
-import importlib.util
 import io
 import shutil
 import sys
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, TOY_CONFIGS, free_port
+from conftest import REPO, TOY_CONFIGS, free_port, load_script
 
 pytest.importorskip("gradio")
 pytest.importorskip("selenium")
@@ -28,14 +27,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--window-size=1400,1800"]
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-web = _load("protoseg_web", REPO / "demo" / "web.py")
+web = load_script("protoseg_web", REPO / "demo" / "web.py")
 demo = sys.modules["demo"]  # demo/demo.py, imported by web.py
 
 
