@@ -41,7 +41,7 @@ def sliding_windows(
 
 @META_ARCH_REGISTRY.register()
 class ProtoSegSemanticSegmentor(SemanticSegmentor):
-    """``SemanticSegmentor`` (training unchanged) whose inference runs, per image:
+    """``SemanticSegmentor`` (training unchanged) whose inference runs:
 
     * "whole": Detectron2's (the batch padded to ``backbone.size_divisibility``, logits cropped
       back), when neither sliding window nor TTA is on, except that the project's heads resize
