@@ -29,7 +29,9 @@ dimension D):
     gradients (the run aborts otherwise): the comparison is one of equal math. The no-grad part
     alone (clustering + update, batched vs the lean loop) is timed separately too.
 (b) The same batched step against the floor that every implementation needs: the similarity
-    product x @ P^T, forward and backward, plus the max over K (``PrototypeMemory.class_scores``).
+    product x @ P^T, forward and backward, plus the max over K (``PrototypeMemory.class_scores``);
+    and, timed in the same round-robin, the same floor with the product in bfloat16 (the
+    MODEL.PROTOSEG.SIMILARITY_PRECISION = bfloat16 lever; on CPU bfloat16 may be no faster).
 (c) Inference of the whole model (backbone + decoder + head, Detectron2 ``build_model`` from
     configs/toy/protoseg_r18-d8_fcn_toy.yaml and configs/toy/parametric_r18-d8_fcn_toy.yaml with
     MODEL.SEM_SEG_HEAD.NUM_CLASSES = C and the decoder width MODEL.SEM_SEG_HEAD.CONVS_DIM =
@@ -144,6 +146,16 @@ def floor_step(prototypes: torch.Tensor, x: torch.Tensor):
     proto_logits = x @ prototypes.reshape(C * K, D).t()
     scores = proto_logits.view(-1, C, K).max(-1).values
     scores.sum().backward()
+
+
+def floor_step_bf16(prototypes: torch.Tensor, x: torch.Tensor):
+    """The floor with the product in bfloat16 (MODEL.PROTOSEG.SIMILARITY_PRECISION = bfloat16, the
+    tensor-core lever on GPUs): x and P cast to bfloat16, x @ P^T and the max over K, forward and
+    backward into the float32 x."""
+    C, K, D = prototypes.shape
+    proto_logits = x.bfloat16() @ prototypes.reshape(C * K, D).bfloat16().t()
+    scores = proto_logits.view(-1, C, K).max(-1).values
+    scores.float().sum().backward()
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,7 +460,7 @@ def bench_step(C, args) -> Dict[str, object]:
     present = args.present.get(C, C)
     prototypes, x0, labels = make_problem(C, args.k, args.dim, args.n, present, args.ignore_frac, args.seed, args.device)
     memory = make_memory(prototypes)
-    xb, xf = (x0.clone().requires_grad_(True) for _ in range(2))
+    xb, xf, xh = (x0.clone().requires_grad_(True) for _ in range(3))
 
     def run_batched():
         xb.grad = None
@@ -457,6 +469,10 @@ def bench_step(C, args) -> Dict[str, object]:
     def run_floor():
         xf.grad = None
         floor_step(prototypes, xf)
+
+    def run_floor_bf16():
+        xh.grad = None
+        floor_step_bf16(prototypes, xh)
 
     def loop_runner(loop):
         state = {"prototypes": prototypes.clone(), "x": x0.clone().requires_grad_(True)}
@@ -467,8 +483,10 @@ def bench_step(C, args) -> Dict[str, object]:
 
         return run
 
-    fns = {"floor": run_floor, "batched": run_batched, **{name: loop_runner(loop) for name, loop in LOOPS.items()}}
+    fns = {"floor": run_floor, "floor_bf16": run_floor_bf16, "batched": run_batched,
+           **{name: loop_runner(loop) for name, loop in LOOPS.items()}}
     full = bench(fns, args.warmup, args.reps, args.device)
+    floor_bf16 = full.pop("floor_bf16")  # timed interleaved with the others, reported apart
 
     # The no-grad part alone: clustering + update (inputs prepared outside the timed region).
     with torch.no_grad():
@@ -500,6 +518,10 @@ def bench_step(C, args) -> Dict[str, object]:
         "loop_over_batched": full["loop"]["median_ms"] / full["batched"]["median_ms"],
         "reference_over_batched": full["reference"]["median_ms"] / full["batched"]["median_ms"],
         "batched_over_floor": full["batched"]["median_ms"] / full["floor"]["median_ms"],
+        # flat numbers, not a timing summary: the step's summaries stay the four of "step"
+        "floor_bf16_median_ms": floor_bf16["median_ms"],
+        "floor_bf16_min_ms": floor_bf16["min_ms"],
+        "batched_over_floor_bf16": full["batched"]["median_ms"] / floor_bf16["median_ms"],
         "cluster_update_loop_over_batched": cluster["loop"]["median_ms"] / cluster["batched"]["median_ms"],
     }
 
@@ -668,6 +690,10 @@ def print_table(res: Dict[str, object]) -> None:
               f"{fmt_t(s['reference'])} | {r['loop_over_batched']:>11.2f}x | {r['reference_over_batched']:>10.2f}x | "
               f"{r['batched_over_floor']:>12.2f}x || {fmt_t(cu['batched']):>23} | "
               f"{fmt_t(cu['loop'])} | {r['cluster_update_loop_over_batched']:>5.2f}x")
+    for r in res["step"]:
+        bf16 = {"median_ms": r["floor_bf16_median_ms"], "min_ms": r["floor_bf16_min_ms"]}
+        print(f"C={r['C']}: bf16 floor (x@P^T+max, bfloat16 product) {fmt_t(bf16)} against float32 floor "
+              f"{fmt_t(r['step']['floor'])}; batched (float32) / bf16 floor = {r['batched_over_floor_bf16']:.2f}x")
 
     inf = res["inference"]
     if inf:

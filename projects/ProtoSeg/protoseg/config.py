@@ -68,6 +68,13 @@ def add_protoseg_config(cfg):
     # the product in the backward; cosine) and at inference (for large vocabularies and images,
     # e.g. ADE20K-Full's 847 classes).
     cfg.MODEL.PROTOSEG.CHUNK_SIZE = 0
+    # Precision of the pixel-prototype cosine product x @ P^T (training forward, the backward's
+    # products for the embeddings' gradient, inference): "float32" (exact; today's behaviour),
+    # "tf32" (float32 tensors, TF32 tensor cores for these products only; on CPU = float32) or
+    # "bfloat16" (x and P rounded to bfloat16, accumulated and returned in float32: the
+    # tensor-core lever on the H200). Class maximum, log-sum-exp, Sinkhorn, the update and the
+    # prototype buffer stay float32. Default float32 until GPU measurements choose.
+    cfg.MODEL.PROTOSEG.SIMILARITY_PRECISION = "float32"
     # std of the truncated normal that initialises the prototypes before l2-normalisation
     # (reference code; reference issue #19 asked how prototypes are initialised).
     cfg.MODEL.PROTOSEG.INIT_STD = 0.02

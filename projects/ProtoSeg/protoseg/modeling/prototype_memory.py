@@ -119,11 +119,12 @@ class PrototypeMemory(nn.Module):
         """
         return proto_logits.view(proto_logits.shape[0], self.num_classes, self.num_prototypes).max(-1).values
 
-    def nearest_class_scores(self, x: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
+    def nearest_class_scores(self, x: torch.Tensor, chunk_size: int = 0, precision: str = "float32") -> torch.Tensor:
         """Eq. 5-6 at inference, without the (N, C*K) matrix in class-major order: (N, D)
         embeddings -> (N, C) similarity to each class's nearest prototype, ``chunk_size`` pixels
-        at a time if > 0 (see :func:`~protoseg.modeling.prototype_scores.nearest_prototype_scores`)."""
-        return nearest_prototype_scores(x, self.prototypes, self.distance, self.huber_delta, chunk_size)
+        at a time if > 0, the product in ``precision`` (MODEL.PROTOSEG.SIMILARITY_PRECISION; see
+        :func:`~protoseg.modeling.prototype_scores.nearest_prototype_scores`)."""
+        return nearest_prototype_scores(x, self.prototypes, self.distance, self.huber_delta, chunk_size, precision)
 
     @torch.no_grad()
     def assign(self, own_scores: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..decoders import build_auxiliary_head, build_decoder
 from ..losses import ppc_loss_from_parts, ppd_loss_from_parts
-from ..prototype_scores import prototype_scores
+from ..prototype_scores import SIMILARITY_PRECISIONS, prototype_scores
 from ..prototype_memory import PrototypeMemory
 from .base import DecoderClassifierHead, resize_labels
 
@@ -81,6 +81,7 @@ class ProtoSegHead(DecoderClassifierHead):
         feature_layernorm: bool = True,
         projection: str = "none",
         chunk_size: int = 0,
+        similarity_precision: str = "float32",
         aux_head: Optional[nn.Module] = None,
         **loss_kwargs,
     ):
@@ -111,6 +112,12 @@ class ProtoSegHead(DecoderClassifierHead):
         self.ppc_weight, self.ppd_weight, self.ppc_temperature = ppc_weight, ppd_weight, ppc_temperature
         self.warmup_iters = warmup_iters
         self.chunk_size = chunk_size
+        if similarity_precision not in SIMILARITY_PRECISIONS:
+            raise ValueError(
+                f"MODEL.PROTOSEG.SIMILARITY_PRECISION must be one of {SIMILARITY_PRECISIONS}, "
+                f"got {similarity_precision!r}"
+            )
+        self.similarity_precision = similarity_precision
         self.class_score_temperature = class_score_temperature
         self.projection = build_projection(projection, dim)
         self.feature_norm = nn.LayerNorm(dim) if feature_layernorm else nn.Identity()
@@ -152,6 +159,7 @@ class ProtoSegHead(DecoderClassifierHead):
             "feature_layernorm": p.FEATURE_LAYERNORM,
             "projection": p.PROJECTION,
             "chunk_size": p.CHUNK_SIZE,
+            "similarity_precision": p.SIMILARITY_PRECISION,
             "aux_head": build_auxiliary_head(cfg, input_shape),
             **cls.loss_config(cfg),
         }
@@ -181,11 +189,11 @@ class ProtoSegHead(DecoderClassifierHead):
             labels = resize_labels(targets, (h, w)).flatten()  # (N,)
             flat_scores, own, lse = prototype_scores(
                 x, self.memory.prototypes, labels, self.ppc_temperature, self.memory.distance,
-                self.memory.huber_delta, self.chunk_size,
+                self.memory.huber_delta, self.chunk_size, self.similarity_precision,
             )
             extras = (x, labels, own, lse)
         else:
-            flat_scores = self.memory.nearest_class_scores(x, self.chunk_size)  # (N, C)
+            flat_scores = self.memory.nearest_class_scores(x, self.chunk_size, self.similarity_precision)  # (N, C)
             extras = None
         flat_scores = self.normalize_scores(flat_scores)
         # (N, C) in either memory order (inference gives the transpose of a (C, N) tensor) ->
