@@ -165,7 +165,8 @@ def test_reference_switches_build_and_train():
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-@pytest.mark.parametrize("opts", [(), ("MODEL.PROTOSEG.CHUNK_SIZE", 100), ("MODEL.PROTOSEG.ASSIGNMENT", "gumbel")])
+@pytest.mark.parametrize("opts", [(), ("MODEL.PROTOSEG.CHUNK_SIZE", 100), ("MODEL.PROTOSEG.ASSIGNMENT", "gumbel"),
+                                  ("MODEL.PROTOSEG.SIMILARITY_PRECISION", "bfloat16")])
 def test_training_step_of_the_head_has_no_data_dependent_operation(opts):
     """No host synchronisation in the step (issue 6): the head's training forward and backward
     (similarities, class scores, clustering, update, CE + PPC + PPD) run on fake tensors, which
