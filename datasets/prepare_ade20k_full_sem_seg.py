@@ -53,9 +53,7 @@ Output (under the root)::
 Registered as ``ade20k_full_sem_seg_*`` and ``ade20k_full_{300,500,700,847}_sem_seg_*``
 (protoseg/data/builtin.py).
 """
-import _compat_pickle
 import csv
-import pickle
 import sys
 from functools import partial
 from pathlib import Path
@@ -84,37 +82,15 @@ REPORT_EXAMPLES = 10  # names listed per finding in the report
 SplitStats = Tuple[np.ndarray, np.ndarray]
 
 
-class _IndexUnpickler(pickle.Unpickler):
-    """Reads ``index_ade20k.pkl`` building only builtin containers / scalars and numpy arrays (the
-    official file holds nothing else); any other global raises UnpicklingError naming it, since
-    unpickling an arbitrary global can run code."""
-
-    _ALLOWED = {("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "str", "bytes",
-                                          "bytearray", "int", "float", "complex", "bool", "slice")}
-    _ALLOWED |= {("collections", "OrderedDict"), ("_codecs", "encode"),
-                 ("numpy", "ndarray"), ("numpy", "dtype")}
-    _ALLOWED |= {(f"numpy.{core}.{mod}", n) for core in ("core", "_core")
-                 for mod, n in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
-
-    def find_class(self, module, name):
-        # Python 2 names of protocol 0-2 pickles (__builtin__.set, ...), mapped as pickle maps them
-        py3 = (_compat_pickle.NAME_MAPPING.get((module, name))
-               or (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
-        if py3 not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"it names the global {module}.{name}, which is neither a builtin "
-                                         f"container nor a numpy array type")
-        return super().find_class(module, name)
-
-
 def load_index(path: Path) -> Dict:
     """The official ``index_ade20k.pkl`` (a dict of lists / numpy arrays), read with
-    :class:`_IndexUnpickler`; PrepareError naming the file if it is missing, refused or lacks a key."""
+    :func:`protoseg.data.safe_pickle.safe_load`; PrepareError naming the file if it is missing, refused or lacks a key."""
     if not path.is_file():
         raise common.PrepareError(
             f"index {path} does not exist; it comes with the ADE20K download (index_ade20k.pkl)")
     try:
         with open(path, "rb") as f:
-            index = _IndexUnpickler(f).load()
+            index = common.load_data_module("safe_pickle").safe_load(f)
     except Exception as e:
         raise common.PrepareError(f"index {path} cannot be read: {type(e).__name__}: {e}") from e
     if not isinstance(index, dict):

@@ -20,9 +20,6 @@
   code when it is loaded (``PROTOSEG_TRUST_PICKLED_WEIGHTS=1`` reads a trusted ``.pkl`` with plain
   pickle). A truncated or corrupt file is reported as such.
 """
-import codecs
-import collections
-import importlib
 import logging
 import os
 import pickle
@@ -30,13 +27,14 @@ import re
 from typing import Iterable, Optional, Sequence
 from unittest import mock
 
-import numpy as np
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint import detection_checkpoint
 from detectron2.utils.file_io import PathManager
 from fvcore.common.checkpoint import _filter_reused_missing_keys, _IncompatibleKeys
+
+from .data.safe_pickle import RefusedGlobal, safe_load
 
 __all__ = [
     "ProtoSegCheckpointer",
@@ -103,44 +101,6 @@ def _corrupt(filename: str, error: BaseException) -> CorruptCheckpointError:
     )
 
 
-def _numpy_globals() -> dict:
-    """The globals that numpy's pickles of arrays, dtypes and scalars name, under NumPy 1.x's
-    (``numpy.core``) and 2.x's (``numpy._core``) module names, mapped to this numpy's objects."""
-    core = importlib.import_module("numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core")
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for module in ("numpy.core", "numpy._core"):
-        allowed[(f"{module}.multiarray", "_reconstruct")] = core.multiarray._reconstruct  # ndarray, protocol <= 4
-        allowed[(f"{module}.multiarray", "scalar")] = core.multiarray.scalar  # numpy scalars
-        allowed[(f"{module}.numeric", "_frombuffer")] = core.numeric._frombuffer  # ndarray, protocol 5
-    return allowed
-
-
-#: (module, name) -> object: all a Detectron2 / Caffe2 ``.pkl`` weight file may name. Plain dicts,
-#: lists, tuples, str, bytes, numbers, bools and None need no global.
-_PICKLE_GLOBALS = {
-    **{("builtins", t.__name__): t for t in (set, frozenset, bytearray, complex, slice)},
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles written by Python 3
-    **_numpy_globals(),
-}
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    def __init__(self, name: str):
-        super().__init__(name)
-        self.name = name
-
-
-class _WeightsUnpickler(pickle.Unpickler):
-    """An unpickler that builds only what :data:`_PICKLE_GLOBALS` lists."""
-
-    def find_class(self, module, name):
-        try:
-            return _PICKLE_GLOBALS[(module, name)]
-        except KeyError:
-            raise _RefusedGlobal(f"{module}.{name}") from None
-
-
 def load_pickled_weights(file, filename: str, encoding: str = "latin1"):
     """Unpickle a ``.pkl`` weight file (open binary ``file``, named ``filename`` in errors) with an
     unpickler that builds only containers, scalars and numpy arrays.
@@ -150,8 +110,8 @@ def load_pickled_weights(file, filename: str, encoding: str = "latin1"):
         CorruptCheckpointError: the file is truncated or not a pickle.
     """
     try:
-        return _WeightsUnpickler(file, encoding=encoding).load()
-    except _RefusedGlobal as e:
+        return safe_load(file, encoding=encoding)
+    except RefusedGlobal as e:
         raise UnsafeCheckpointError(
             f"{filename} is not loaded: it names the global '{e.name}', which Detectron2 .pkl weights "
             f"(dicts of numpy arrays) never hold, and unpickling it could run code. If you trust the file, "
