@@ -25,14 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detectron2.config import get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predictor import SemSegDemo, save_label_map  # noqa: E402
 
-from protoseg import add_protoseg_config  # noqa: E402  (also registers the datasets)
+from protoseg.config import load_config  # noqa: E402  (importing protoseg registers the datasets)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 WINDOW_NAME = "ProtoSeg"
@@ -43,10 +42,7 @@ def setup_cfg(args):
     """Config file + ``--opts``; no ``default_setup``: the demo writes nothing into OUTPUT_DIR.
     A CUDA config runs on the CPU when no GPU is available. SystemExit when MODEL.WEIGHTS is empty
     (unless ``--allow-random-weights``) or names no file."""
-    cfg = get_cfg()
-    add_protoseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE is %s but no GPU is available: running on the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"

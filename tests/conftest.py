@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 
-import protoseg
+from protoseg.config import load_config
 from protoseg.data import register_toy_scenes, toy_scenes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -18,11 +17,7 @@ TOY_CONFIGS = REPO / "configs" / "toy"
 
 def toy_cfg(name: str = "protoseg_r18-d8_fcn_toy.yaml", opts=()):
     """A config of configs/toy with ``opts`` overrides (KEY, VALUE, ...), not frozen."""
-    cfg = get_cfg()
-    protoseg.add_protoseg_config(cfg)
-    cfg.merge_from_file(str(TOY_CONFIGS / name))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return load_config(TOY_CONFIGS / name, opts)
 
 
 def load_script(name: str, path: Path):

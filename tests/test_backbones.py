@@ -7,10 +7,9 @@ import timm
 import torch
 import torchvision
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone
 
-import protoseg
+from protoseg.config import load_config
 from protoseg.modeling.backbones import HRNetBackbone, MixVisionTransformer, SwinBackbone
 from protoseg.modeling.backbones.swin import shifted_window_block
 
@@ -41,9 +40,7 @@ STRIDES = {"swin": [4, 8, 16, 32], "hrnet": [4, 8, 16, 32], "mit": [4, 8, 16, 32
 
 
 def build(family, *opts):
-    cfg = get_cfg()
-    protoseg.add_protoseg_config(cfg)
-    cfg.merge_from_list(FAMILIES[family] + list(opts))
+    cfg = load_config(opts=FAMILIES[family] + list(opts))
     torch.manual_seed(0)
     return build_backbone(cfg)
 

@@ -5,7 +5,7 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-from protoseg import add_protoseg_config
+from protoseg.config import load_config
 from protoseg.config_checks import RULES, OneOf, check_config, config_problems
 
 from conftest import REPO
@@ -93,9 +93,7 @@ def shown(value):
 
 
 def default_cfg():
-    cfg = get_cfg()
-    add_protoseg_config(cfg)
-    return cfg
+    return load_config()
 
 
 def set_value(cfg, key, value):

@@ -5,11 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
-from protoseg import add_protoseg_config
+from protoseg.config import load_config
 from protoseg.modeling.parameter_count import parameter_counts
 
 from conftest import REPO
@@ -18,10 +17,7 @@ CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.sta
 
 
 def load(path: Path):
-    cfg = get_cfg()
-    add_protoseg_config(cfg)
-    cfg.merge_from_file(str(path))
-    return cfg
+    return load_config(path)
 
 
 def build_on_meta(cfg):

@@ -11,13 +11,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone
 from timm.models.hrnet import HighResolutionNet, cfg_cls
 from timm.models.pvt_v2 import PyramidVisionTransformerV2
 from timm.models.swin_transformer import SwinTransformer
 
-import protoseg
+from protoseg.config import load_config
 from protoseg.checkpoint import ProtoSegCheckpointer
 
 from conftest import REPO
@@ -50,8 +49,7 @@ def convert_and_load(family, release, tmp_path, **kwargs):
     assert saved["matching_heuristics"] is False and saved["__author__"].startswith("tools/convert_pretrained.py")
     assert all(k.startswith("backbone.") for k in saved["model"])
 
-    cfg = get_cfg()
-    protoseg.add_protoseg_config(cfg)
+    cfg = load_config()
     for key, value in conversion.config.items():
         cfg.merge_from_list([key, value])
     if family == "resnet":  # all stages, trainable BN, no dilation nor multi-grid: torchvision's network

@@ -10,12 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import SizeMismatchError
 
-import protoseg
+from protoseg.config import load_config
 from protoseg.data.labels import LabelMapError
 from protoseg.data.mapper import (
     ImageReadError,
@@ -55,8 +54,7 @@ def write_sample(tmp_path, labels, name="a", image=None):
 
 def mapper_cfg(num_classes=ADE_FULL_CLASSES, ignore=ADE_FULL_IGNORE, **keys):
     """A config with the project's keys, the given classes/ignore, and ``keys`` (dotted -> value)."""
-    cfg = get_cfg()
-    protoseg.add_protoseg_config(cfg)
+    cfg = load_config()
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = num_classes, ignore
     cfg.INPUT.FORMAT = "RGB"
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST = (40,), 1000, 0

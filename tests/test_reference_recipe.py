@@ -6,11 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-import protoseg
+from protoseg.config import load_config
 from protoseg.data.mapper import (
     PadToSize,
     RandomBrightness,
@@ -29,10 +28,7 @@ CE_WEIGHT = [0.8373, 0.9180, 0.8660, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8
 
 @pytest.fixture(scope="module")
 def cfg():
-    cfg = get_cfg()
-    protoseg.add_protoseg_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    return cfg
+    return load_config(CONFIG)
 
 
 def test_train_augmentation_is_the_reference_sequence(cfg):

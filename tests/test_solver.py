@@ -7,9 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from detectron2.config import get_cfg
 
-import protoseg
+from protoseg.config import load_config
 from protoseg.engine import Trainer
 from protoseg.solver import build_optimizer, effective_warmup_iters
 
@@ -66,12 +65,7 @@ BASE_LR, HEAD_LR, WARMUP_FACTOR = 6e-5, 6e-4, 1e-6  # the config's BASE_LR, x HE
 
 def real_cfg(path=SEGFORMER_B2, opts=()):
     """A config file of configs/ as train_net.py loads it, with ``opts``, frozen."""
-    cfg = get_cfg()
-    protoseg.add_protoseg_config(cfg)
-    cfg.merge_from_file(str(path))
-    cfg.merge_from_list(list(opts))
-    cfg.freeze()
-    return cfg
+    return load_config(path, opts, freeze=True)
 
 
 @pytest.fixture

@@ -529,14 +529,11 @@ def bench_step(C, args) -> Dict[str, object]:
 def build_bench_model(head: str, C: int, args):
     """The model of (c) with ``head`` ("ParametricSegHead" or "ProtoSegHead") and C classes: the toy
     config by default, or ``--model-config`` (e.g. a paper config; random weights), eval mode."""
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    import protoseg
+    from protoseg.config import load_config
 
-    cfg = get_cfg()
-    protoseg.add_protoseg_config(cfg)
-    cfg.merge_from_file(args.model_config or str(TOY_CONFIGS / "parametric_r18-d8_fcn_toy.yaml"))
+    cfg = load_config(args.model_config or TOY_CONFIGS / "parametric_r18-d8_fcn_toy.yaml")
     opts = ["MODEL.SEM_SEG_HEAD.NAME", head, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", C, "MODEL.DEVICE", args.device,
             "MODEL.WEIGHTS", "", "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 65535]  # an ignore value above any C
     if args.model_dim:

@@ -17,10 +17,10 @@ import runpy
 import sys
 from collections import Counter
 
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 
-import protoseg  # registers the built-in datasets
+import protoseg  # noqa: F401  (registers the built-in datasets)
+from protoseg.config import load_config
 from protoseg.data.validation import DatasetProblem, scan_dataset
 
 
@@ -53,10 +53,7 @@ def main(argv=None) -> int:
         runpy.run_path(path, run_name="__check_dataset__")
     cfg = None
     if args.config_file:
-        cfg = get_cfg()
-        protoseg.add_protoseg_config(cfg)
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
+        cfg = load_config(args.config_file, args.opts)
     names = args.names or (list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) if cfg is not None else [])
     if not names:
         parser.error("give dataset names or --config-file")

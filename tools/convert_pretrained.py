@@ -22,11 +22,10 @@ from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
-from protoseg import add_protoseg_config
+from protoseg.config import load_config
 from protoseg.modeling.backbones import MIT_VARIANTS, HRNetBackbone, MixVisionTransformer, SwinBackbone
 
 StateDict = Dict[str, torch.Tensor]
@@ -129,8 +128,7 @@ def convert_resnet(state_dict: StateDict) -> Conversion:
         "MODEL.RESNETS.RES2_OUT_CHANNELS": weights["res2.0.conv1.weight"].shape[0] * (4 if depth >= 50 else 1),
         "MODEL.RESNETS.STRIDE_IN_1X1": False,  # torchvision and ResNetV1c stride in the 3x3 conv
     }
-    cfg = get_cfg()
-    add_protoseg_config(cfg)
+    cfg = load_config()
     for key, value in config.items():
         cfg.merge_from_list([key, value])
     cfg.merge_from_list(["MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"], "MODEL.RESNETS.NORM", "BN",

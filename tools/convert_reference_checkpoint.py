@@ -45,10 +45,9 @@ from convert_pretrained import (  # noqa: E402  (this tool builds on the backbon
     rename,
     summarize,
 )
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from protoseg import add_protoseg_config  # noqa: E402
+from protoseg.config import load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "cityscapes" / "reference_protoseg_hrnetv2_W48_bs8_80k.yaml"
@@ -68,9 +67,7 @@ def reference_config(state_dict, config_file=DEFAULT_CONFIG):
     """The config of ``config_file`` with NUM_CLASSES, NUM_PROTOTYPES and HRNET.WIDTH of the checkpoint."""
     num_classes, num_prototypes, _ = state_dict["prototypes"].shape
     width = state_dict["backbone.transition1.0.0.weight"].shape[0]
-    cfg = get_cfg()
-    add_protoseg_config(cfg)
-    cfg.merge_from_file(str(config_file))
+    cfg = load_config(config_file)
     overrides = {"MODEL.SEM_SEG_HEAD.NUM_CLASSES": num_classes, "MODEL.PROTOSEG.NUM_PROTOTYPES": num_prototypes,
                  "MODEL.HRNET.WIDTH": width}
     cfg.merge_from_list([x for kv in overrides.items() for x in kv])

@@ -16,18 +16,14 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "projects" / "ProtoSeg"))
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from protoseg import add_protoseg_config  # noqa: E402
+from protoseg.config import load_config  # noqa: E402
 from protoseg.modeling.parameter_count import parameter_counts  # noqa: E402
 
 
 def count_config(config_file: str, opts=()):
-    cfg = get_cfg()
-    add_protoseg_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts) + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    cfg = load_config(config_file, list(opts) + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
     return parameter_counts(build_model(cfg))
 
 

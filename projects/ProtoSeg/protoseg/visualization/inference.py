@@ -18,14 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detectron2.config import get_cfg
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
 from ..checkpoint import ProtoSegCheckpointer
-from ..config import add_protoseg_config
+from ..config import load_config
 from ..data.labels import REDUCE_ZERO_LABEL_KEY, read_label_map, reduce_zero_label
 
 __all__ = [
@@ -91,12 +90,7 @@ def build_cfg(config_file: str, opts: Sequence = ()):
     Unlike ``protoseg.engine.setup_cfg`` it does not call ``default_setup``, which would write a
     ``config.yaml`` into ``OUTPUT_DIR`` (usually a training folder) for a mere visualisation.
     """
-    cfg = get_cfg()
-    add_protoseg_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    cfg.freeze()
-    return cfg
+    return load_config(config_file, opts, freeze=True)
 
 
 def prototype_memory(model):

@@ -1,5 +1,6 @@
-"""Configuration keys read by every segmentation head (``heads/base.py``); called by
-``add_protoseg_config``."""
+"""Configuration keys of the segmentation heads: those every head reads (``heads/base.py``) and the
+parametric baselines' (``heads/parametric_head.py``); called by ``add_protoseg_config``."""
+from detectron2.config import CfgNode as CN
 
 __all__ = ["add_head_config"]
 
@@ -17,3 +18,9 @@ def add_head_config(cfg):
     # size) and at inference (to stride x their size). False: mmseg; True: the reference code
     # (lib/loss/loss_proto.py, segmentor/tester.py ss_test).
     head.UPSAMPLE_ALIGN_CORNERS = False
+
+    # ---- the parametric baselines (same decoder, learned classifier) ----
+    cfg.MODEL.PARAMETRIC = CN()
+    # 1: the standard softmax classifier (1x1 conv with bias). K > 1: K learned prototypes per
+    # class (1x1 conv to C*K), class score = max over K (Table 4's parametric rows).
+    cfg.MODEL.PARAMETRIC.NUM_PROTOTYPES = 1
