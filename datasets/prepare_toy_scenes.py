@@ -14,52 +14,15 @@ Detectron2. Output::
     <root>/annotations_detectron2/{training,validation}/toy_{train,val}_NNNNN.png  (0..C-1, 255 = ignore)
     <root>/meta.json                                   spec, classes, looks and per-class statistics
 
-The same arguments always produce the same dataset. See ``protoseg/data/toy_scenes.py``.
+The same arguments always produce the same dataset. See ``datasets/toy_scenes.py``.
 """
 import argparse
-import importlib.util
 import os
 import sys
 import time
 from pathlib import Path
 
-_PROJECT_DIR = Path(__file__).resolve().parent.parent / "projects" / "ProtoSeg"
-_MODULE_FILE = _PROJECT_DIR / "protoseg" / "data" / "toy_scenes.py"
-
-
-def _load_toy_scenes():
-    """Load ``protoseg/data/toy_scenes.py`` without the ``protoseg`` package's ``__init__``.
-
-    The module needs only numpy and Pillow, while importing it as ``protoseg.data.toy_scenes``
-    would run ``protoseg/__init__.py`` (Detectron2, torch, dataset registration). So the module
-    file next to this script is loaded on its own (importlib); if it is missing (the script was
-    copied elsewhere), the normal import is tried, first as installed, then from the source tree.
-    """
-    if _MODULE_FILE.is_file():
-        name = "_protoseg_toy_scenes_standalone"
-        if name in sys.modules:
-            return sys.modules[name]
-        spec = importlib.util.spec_from_file_location(name, _MODULE_FILE)
-        if spec is not None and spec.loader is not None:
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module  # dataclasses look the module up while classes are built
-            try:
-                spec.loader.exec_module(module)
-                return module
-            except Exception:
-                del sys.modules[name]
-                raise
-    try:
-        from protoseg.data import toy_scenes
-
-        return toy_scenes
-    except ImportError:
-        if str(_PROJECT_DIR) in sys.path:
-            raise
-    sys.path.insert(0, str(_PROJECT_DIR))
-    from protoseg.data import toy_scenes  # noqa: F811
-
-    return toy_scenes
+import toy_scenes  # datasets/toy_scenes.py, next to this script (numpy and Pillow only)
 
 
 def _disk_usage(root: Path) -> int:
@@ -71,7 +34,7 @@ def _disk_usage(root: Path) -> int:
 
 
 def main(argv=None) -> int:
-    ts = _load_toy_scenes()
+    ts = toy_scenes
     d = ts.ToySceneSpec()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_root = os.path.join(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")),

@@ -2,16 +2,19 @@
 import importlib.util
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-
 from protoseg.config import load_config
-from protoseg.data import register_toy_scenes, toy_scenes
+from protoseg.data import register_toy_scenes
 
 REPO = Path(__file__).resolve().parent.parent
+# the modules beside the scripts: datasets/toy_scenes.py (the toy-data generator), tools/studies.py
+sys.path[:0] = [str(REPO / "datasets"), str(REPO / "tools")]
+import toy_scenes  # noqa: E402
 TOY_CONFIGS = REPO / "configs" / "toy"
 
 

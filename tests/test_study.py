@@ -8,7 +8,8 @@ import pytest
 
 from detectron2.modeling import build_model
 
-from protoseg.study import TOY_STUDY_CONFIG, load_cfg
+from protoseg.config import load_config
+from studies import TOY_STUDY_CONFIG  # tools/studies.py
 
 from conftest import REPO
 
@@ -35,7 +36,7 @@ def read_rows(out, study):
 
 def counted(num_classes, head_opts):
     """Learnable parameters and prototype-buffer size of the model the config builds."""
-    cfg = load_cfg(TOY_STUDY_CONFIG, QUICK_OPTS + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", num_classes] + head_opts)
+    cfg = load_config(TOY_STUDY_CONFIG, QUICK_OPTS + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", num_classes] + head_opts)
     model = build_model(cfg)
     memory = getattr(model.sem_seg_head, "memory", None)
     return (sum(p.numel() for p in model.parameters() if p.requires_grad),

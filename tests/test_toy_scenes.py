@@ -1,10 +1,9 @@
-"""Tests of the toy-scenes generator (protoseg/data/toy_scenes.py) and its CLI.
+"""Tests of the toy-scenes generator (datasets/toy_scenes.py) and its CLI.
 
 The module is loaded from its file, so these tests need only numpy, Pillow and pytest (not
 Detectron2 or torch, which ``protoseg/__init__.py`` imports).
 """
 import hashlib
-import importlib.util
 import itertools
 import json
 import os
@@ -18,21 +17,11 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-MODULE_FILE = REPO / "projects" / "ProtoSeg" / "protoseg" / "data" / "toy_scenes.py"
+MODULE_FILE = REPO / "datasets" / "toy_scenes.py"
 CLI = REPO / "datasets" / "prepare_toy_scenes.py"
 
 
-def _load_module():
-    name = "_protoseg_toy_scenes_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, MODULE_FILE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-ts = _load_module()
+import toy_scenes as ts  # noqa: E402  (datasets/toy_scenes.py; conftest puts datasets/ on sys.path)
 SMALL = ts.ToySceneSpec(num_classes=4, looks_per_class=2, num_train=6, num_val=3, image_size=(64, 64))
 SPLITS = [("training", "train"), ("validation", "val")]
 

@@ -15,14 +15,16 @@ Every (variant, seed) is one run of train_net.py's main in its own process and O
 study_result.json and not run again. Tables and plots: ``<output-dir>/<study>/<study>.{csv,md,png}``.
 ``--iters N`` shortens the schedule, warm-up included: the warm-up is capped at
 SOLVER.MAX_WARMUP_FRACTION of N (``protoseg.solver.effective_warmup_iters``).
-See docs/REPRODUCTION.md and ``protoseg/study.py``.
+See docs/REPRODUCTION.md and ``tools/studies.py``.
 """
 import argparse
 import sys
 import time
 from pathlib import Path
 
-from protoseg.study import STUDIES, TOY_STUDY_CONFIG, RunnerOptions, StudyContext, build_study, load_cfg, run_study
+from studies import STUDIES, TOY_STUDY_CONFIG, RunnerOptions, StudyContext, build_study, run_study  # tools/studies.py
+
+from protoseg.config import load_config
 
 # --quick: 1 seed, 4 iterations of batch 2 on 64x64 images, 8 + 4 images per dataset, vocabulary of
 # 4 and 8 classes: a smoke test of the whole pipeline (tables, plot, resume), not a measurement.
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     seeds, iters, vocab = args.seeds, args.iters, args.vocabulary_sizes
     if args.quick:
         opts, seeds, iters, vocab = QUICK_OPTS + opts, 1, iters or QUICK_ITERS, list(QUICK_VOCABULARY)
-    base_cfg = load_cfg(config_file, opts + (["SOLVER.MAX_ITER", iters] if iters else []))
+    base_cfg = load_config(config_file, opts + (["SOLVER.MAX_ITER", iters] if iters else []))
     ctx = StudyContext(base_cfg, toy=toy, quick=args.quick, vocabulary_sizes=vocab,
                        vocabulary_datasets=parse_vocabulary_datasets(args.vocabulary_datasets),
                        paper_classes=args.paper_classes)

@@ -12,7 +12,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from . import toy_scenes
 from .labels import REDUCE_ZERO_LABEL_KEY
 
 __all__ = [
@@ -27,7 +26,9 @@ __all__ = [
 
 PathLike = Union[str, Path]
 
-#: dataset-dict key telling the mapper and evaluator to apply ``labels.reduce_zero_label``
+#: the toy-scenes generator's (datasets/toy_scenes.py) default class count and its ignore label
+TOY_DEFAULT_NUM_CLASSES = 8
+TOY_IGNORE_LABEL = 255
 
 
 def datasets_root() -> Path:
@@ -207,10 +208,12 @@ def register_folder_dataset(
 
 
 def register_toy_scenes(root: Path, prefix: str = "toy_scenes_sem_seg") -> None:
-    """Register ``<prefix>_train`` and ``<prefix>_val`` for a toy-scenes folder.
+    """Register ``<prefix>_train`` and ``<prefix>_val`` for a toy-scenes folder written by
+    ``datasets/prepare_toy_scenes.py``.
 
-    Class names and colours come from the folder's meta.json when it exists, otherwise from the
-    default spec (what ``datasets/prepare_toy_scenes.py`` writes without options).
+    Class names and colours come from the folder's meta.json. Before the folder is generated, the
+    names are those of the generator's default (8 classes, ``toy00`` ...), so that the datasets
+    exist, and loading them says how to generate them.
     """
     root = Path(root)
     meta_file = root / "meta.json"
@@ -218,8 +221,7 @@ def register_toy_scenes(root: Path, prefix: str = "toy_scenes_sem_seg") -> None:
         meta = json.loads(meta_file.read_text())
         names, colors = meta["class_names"], meta["class_colors"]
     else:
-        spec = toy_scenes.ToySceneSpec()
-        names, colors = toy_scenes.class_names(spec), toy_scenes.class_colors(spec)
+        names, colors = [f"toy{i:02d}" for i in range(TOY_DEFAULT_NUM_CLASSES)], None
     hint = f"Generate it with: python datasets/prepare_toy_scenes.py --root {root}"
     for split, folder in (("train", "training"), ("val", "validation")):
         register_sem_seg_dataset(
@@ -228,7 +230,7 @@ def register_toy_scenes(root: Path, prefix: str = "toy_scenes_sem_seg") -> None:
             root / "annotations_detectron2" / folder,
             stuff_classes=names,
             stuff_colors=colors,
-            ignore_label=toy_scenes.IGNORE_LABEL,
+            ignore_label=TOY_IGNORE_LABEL,
             hint=hint,
         )
 

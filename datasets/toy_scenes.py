@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 IGNORE_LABEL = 255
+# The generator name recorded in (and checked against) meta.json: the module's import path of version 1,
+# when it lived in the package; kept so that datasets generated then stay valid.
 GENERATOR_NAME = "protoseg.data.toy_scenes"
 GENERATOR_VERSION = 1
 # (directory name, file-name tag); directory names follow ADE20K.

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from protoseg.config import load_config
+
 __all__ = [
     "STUDIES",
     "StudyContext",
@@ -51,7 +53,8 @@ __all__ = [
     "worker_main",
 ]
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "datasets"))  # datasets/toy_scenes.py, the toy-data generator
 TOY_STUDY_CONFIG = REPO / "configs" / "toy" / "study_r18-d8_fcn_toy.yaml"
 RESULT_FILE = "study_result.json"
 
@@ -160,7 +163,7 @@ def toy_dataset(ctx: StudyContext, num_classes: int) -> DatasetRef:
     """The toy dataset of ``num_classes`` classes for the study config: images of the config's
     test size; enough images that every look appears in several training regions (the scenes have
     ~6 regions each) and every class in the validation split."""
-    from .data.toy_scenes import ToySceneSpec
+    from toy_scenes import ToySceneSpec
 
     size = int(ctx.base_cfg.INPUT.MIN_SIZE_TEST)
     looks = ctx.looks_per_class
@@ -292,17 +295,6 @@ def build_study(name: str, ctx: StudyContext) -> Study:
 # --------------------------------------------------------------------------------------------
 # Configs, parameter counts
 # --------------------------------------------------------------------------------------------
-def load_cfg(config_file: Path, opts: Sequence = ()):
-    """The project's config from ``config_file`` with ``opts`` (KEY, VALUE, ...), not frozen."""
-    from detectron2.config import get_cfg
-
-    from .config import add_protoseg_config
-
-    cfg = get_cfg()
-    add_protoseg_config(cfg)
-    cfg.merge_from_file(str(config_file))
-    cfg.merge_from_list(list(opts))
-    return cfg
 
 
 def variant_opts(variant: Variant, iters: Optional[int] = None) -> List:
@@ -317,7 +309,7 @@ def variant_opts(variant: Variant, iters: Optional[int] = None) -> List:
 
 def effective_cfg(config_file: Path, global_opts: Sequence, variant: Variant, iters: Optional[int] = None):
     """The config a run of ``variant`` trains with (OUTPUT_DIR and SEED left at the file's)."""
-    cfg = load_cfg(config_file, list(global_opts) + variant_opts(variant, iters))
+    cfg = load_config(config_file, list(global_opts) + variant_opts(variant, iters))
     cfg.TEST.EVAL_PERIOD = cfg.SOLVER.MAX_ITER  # one evaluation, at the end
     return cfg
 
@@ -337,7 +329,7 @@ def count_parameters(cfg) -> Dict[str, int]:
     (numel of the (C, K, D) prototype buffer; 0 for parametric heads)."""
     from detectron2.modeling import build_model
 
-    from .modeling.parameter_count import parameter_counts
+    from protoseg.modeling.parameter_count import parameter_counts
 
     c = cfg.clone()
     c.defrost()
@@ -380,7 +372,7 @@ def _opt_str(v) -> str:
 
 
 def _worker_command(run: Run, config_file: Path, num_gpus: int) -> List[str]:
-    cmd = [sys.executable, "-m", "protoseg.study"]
+    cmd = [sys.executable, str(Path(__file__).resolve())]
     for item in run.register:
         cmd += ["--register-toy", item]
     cmd += ["--", "--config-file", str(config_file), "--resume", "--num-gpus", str(num_gpus)]
@@ -439,7 +431,7 @@ def plan_runs(study: Study, o: RunnerOptions) -> Tuple[List[Run], Dict[str, Dict
 
 def prepare_datasets(study: Study, output_dir: Path, log) -> None:
     """Generate the toy datasets of a study once (kept if already complete)."""
-    from .data.toy_scenes import ensure_toy_scenes
+    from toy_scenes import ensure_toy_scenes
 
     seen = set()
     for v in study.variants:
@@ -502,17 +494,17 @@ def read_run_metrics(output_dir: Path) -> Dict[str, float]:
 
 
 def worker_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m protoseg.study [--register-toy PREFIX=ROOT ...] -- <train_net.py arguments>``:
+    """``python tools/studies.py [--register-toy PREFIX=ROOT ...] -- <train_net.py arguments>``:
     register the toy datasets, run ``train_net.py``'s ``main`` (through Detectron2's ``launch``,
     as the script does), then write ``<OUTPUT_DIR>/study_result.json`` from its metrics.json."""
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
-    own = argparse.ArgumentParser(prog="python -m protoseg.study")
+    own = argparse.ArgumentParser(prog="python tools/studies.py")
     own.add_argument("--register-toy", action="append", default=[], metavar="PREFIX=ROOT")
     args = own.parse_args(argv[:split])
     from detectron2.engine import default_argument_parser
 
-    from .data.datasets import register_toy_scenes
+    from protoseg.data.datasets import register_toy_scenes
 
     for item in args.register_toy:
         prefix, _, root = item.partition("=")
@@ -523,7 +515,7 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     train_net.launch(train_net.main, train_args.num_gpus, num_machines=train_args.num_machines,
            machine_rank=train_args.machine_rank, dist_url=train_args.dist_url, args=(train_args,))
     wall = time.perf_counter() - t0
-    cfg = load_cfg(Path(train_args.config_file), train_args.opts)
+    cfg = load_config(Path(train_args.config_file), train_args.opts)
     result = read_run_metrics(Path(cfg.OUTPUT_DIR))
     result.update(seed=int(cfg.SEED), max_iter=int(cfg.SOLVER.MAX_ITER), run_seconds=wall, config_key=cfg_key(cfg))
     tmp = Path(cfg.OUTPUT_DIR) / (RESULT_FILE + ".tmp")
