@@ -1,9 +1,11 @@
 """Every shipped config loads, names registered datasets with the right class count and ignore
 value, and builds; the full-size models have the parameter counts of the paper's tables."""
+import os
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
@@ -18,6 +20,35 @@ CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.sta
 
 def load(path: Path):
     return load_config(path)
+
+
+MAX_BASE_DEPTH = 3  # the file itself, its _BASE_ and that file's _BASE_
+
+
+def base_chain(path: Path):
+    """``path`` and the files its ``_BASE_`` keys lead to, in order (as fvcore's load_yaml_with_base
+    resolves them: relative to the including file)."""
+    chain = [path.resolve()]
+    while True:
+        base = (yaml.safe_load(chain[-1].read_text()) or {}).get("_BASE_")
+        if not base:
+            return chain
+        nxt = (chain[-1].parent / Path(base).expanduser()).resolve()
+        assert nxt not in chain, f"_BASE_ cycle: {' -> '.join(map(str, chain + [nxt]))}"
+        chain.append(nxt)
+
+
+def test_base_chains_are_at_most_three_files_deep():
+    """Readable configs: every YAML under configs/ (Base-* files included) is at most
+    file -> base -> base of base."""
+    root = REPO / "configs"
+    too_deep = []
+    for path in sorted(root.rglob("*.yaml")):
+        chain = base_chain(path)
+        if len(chain) > MAX_BASE_DEPTH:
+            names = " -> ".join(os.path.relpath(p, root) for p in chain)
+            too_deep.append(f"{path.relative_to(root)}: {len(chain)} files: {names}")
+    assert not too_deep, f"_BASE_ chains deeper than {MAX_BASE_DEPTH} files:\n" + "\n".join(too_deep)
 
 
 def build_on_meta(cfg):
