@@ -183,10 +183,10 @@ def test_choices_are_the_modules():
     from protoseg.data.mapper import PAD_IMAGE_VALUES, PAD_POSITIONS, SCALE_JITTER_MODES
     from protoseg.modeling.decoders.hrnet import HRNET_VARIANTS
     from protoseg.modeling.decoders.segformer import SEGFORMER_VARIANTS
-    from protoseg.modeling.distances import DISTANCES
+    from protoseg.modeling.prototypes.distances import DISTANCES
     from protoseg.modeling.heads.protoseg_head import CLASS_SCORE_NORMS, PROJECTIONS
-    from protoseg.modeling.prototype_memory import ASSIGNMENTS
-    from protoseg.modeling.prototype_scores import SIMILARITY_PRECISIONS
+    from protoseg.modeling.prototypes.memory import ASSIGNMENTS
+    from protoseg.modeling.prototypes.scores import SIMILARITY_PRECISIONS
     from protoseg.solver import OPTIMIZERS
 
     modules = {

@@ -6,10 +6,11 @@ import torch.nn.functional as F
 
 from detectron2.layers import ShapeSpec
 
-from protoseg.modeling.decoders import AuxiliaryFCNHead, FCNDecoder, HRNetV2Decoder, build_decoder
+from protoseg.modeling.decoders import FCNDecoder, HRNetV2Decoder, build_decoder
+from protoseg.modeling.heads import AuxiliaryFCNHead
 from protoseg.modeling.decoders import SegFormerMLPDecoder, UperNetDecoder
 from protoseg.modeling.heads import ParametricSegHead, ProtoSegHead
-from protoseg.modeling.losses import masked_cross_entropy
+from protoseg.modeling.heads.cross_entropy import masked_cross_entropy
 
 from conftest import toy_cfg
 

@@ -47,7 +47,7 @@ def test_training_step_returns_the_three_losses_and_updates_prototypes():
     assert not torch.equal(before, after)
     assert torch.allclose(after.norm(dim=-1), torch.ones(after.shape[:2]), atol=1e-5)
     assert int(model.sem_seg_head.iteration) == 1
-    stats = model.sem_seg_head.latest_statistics
+    stats = model.sem_seg_head.memory.latest_statistics
     assert set(stats) == {"used_share", "intra_class_cosine"}
 
 
@@ -201,15 +201,22 @@ HEAD_CONFIGS = {"protoseg": "protoseg_r18-d8_fcn_toy.yaml", "parametric": "param
 
 
 def spy_on_scores(head):
-    """Record the (B, C, h, w) class scores of every ``head.classify`` call in the returned list."""
-    seen, classify = [], head.classify
+    """Record the (B, C, h, w) class scores the head computes in every forward (``training_scores``
+    in training, ``class_scores`` at inference) in the returned list."""
+    seen, training_scores, class_scores = [], head.training_scores, head.class_scores
 
-    def spy(embedding, targets=None):
-        scores, extras = classify(embedding, targets)
+    def spy_training(embedding, targets):
+        scores, own_losses = training_scores(embedding, targets)
         seen.append(scores.detach())
-        return scores, extras
+        return scores, own_losses
 
-    head.classify = spy
+    def spy_inference(embedding):
+        scores = class_scores(embedding)
+        if not head.training:
+            seen.append(scores.detach())
+        return scores
+
+    head.training_scores, head.class_scores = spy_training, spy_inference
     return seen
 
 
@@ -220,7 +227,7 @@ def test_weighted_ce_of_the_head_two_pixels_by_hand():
     # pixel a: class 0 scores 2, the 7 others 0; pixel b: class 1 scores 1, the others 0
     scores = torch.zeros(1, 8, 1, 2)
     scores[0, 0, 0, 0], scores[0, 1, 0, 1] = 2.0, 1.0
-    head.classify = lambda embedding, targets=None: (scores, None)
+    head.training_scores = lambda embedding, targets: (scores, {})
     features = model.backbone(torch.zeros(1, 3, 64, 64))
     _, losses = head(features, torch.tensor([[[0, 1]]]))  # labels of the same 1x2 size
     l_a, l_b = math.log(math.exp(2) + 7) - 2, math.log(math.exp(1) + 7) - 1

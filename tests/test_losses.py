@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from protoseg.modeling import masked_cross_entropy, ppc_loss, ppd_loss
-from protoseg.modeling.losses import check_class_weights, upsampled_cross_entropy
+from protoseg.modeling.heads.cross_entropy import check_class_weights, upsampled_cross_entropy
 
 
 def test_ppc_by_hand():

@@ -33,7 +33,7 @@ def test_momentum_update_eq14_by_hand():
     x = torch.stack([unit(1, 0.2), unit(1, -0.2), unit(0.3, 1), unit(5, 5), unit(-1, 0.1)])
     # pixels 0, 1 -> (class 0, proto 0); pixel 2 -> (0, 1); pixel 3 ignored (-1); pixel 4 -> (2, 0)
     update_targets = torch.tensor([0, 0, 1, -1, 4])
-    stats = mem.update(x, update_targets)
+    counts = mem.update(x, update_targets)
 
     m00 = F.normalize(x[0] + x[1], dim=0)  # = (1, 0)
     expected00 = F.normalize(0.9 * protos[0, 0] + 0.1 * m00, dim=0)
@@ -46,7 +46,7 @@ def test_momentum_update_eq14_by_hand():
     assert torch.equal(mem.prototypes[2, 1], protos[2, 1])
     assert torch.equal(mem.prototypes[1], protos[1])
     # classes 0 and 2 had update pixels: 3 of their 4 prototypes received some
-    assert PrototypeMemory.used_share(stats["pixel_counts"]).item() == pytest.approx(0.75)
+    assert PrototypeMemory.used_share(counts).item() == pytest.approx(0.75)
     assert torch.allclose(mem.prototypes.norm(dim=-1), torch.ones(3, 2), atol=1e-6)
 
 
@@ -132,8 +132,8 @@ def test_tiny_classes_and_more_prototypes_than_pixels():
     labels = torch.tensor([0, 1, 1, 1])
     targets, update_targets = mem.assign(mem.own_class_scores(mem.similarity(x), labels), labels)
     assert ((targets // 5) == labels).all()
-    stats = mem.update(x, update_targets)
+    counts = mem.update(x, update_targets)
     assert torch.isfinite(mem.prototypes).all()
     assert torch.allclose(mem.prototypes.norm(dim=-1), torch.ones(3, 5), atol=1e-6)
     # class 0: 1 of 5 prototypes used; class 1: equipartition spreads its 3 pixels over 3 of 5
-    assert PrototypeMemory.used_share(stats["pixel_counts"]).item() == pytest.approx(0.4)
+    assert PrototypeMemory.used_share(counts).item() == pytest.approx(0.4)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from protoseg.modeling.prototype_scores import prototype_scores
+from protoseg.modeling.prototypes.scores import prototype_scores
 
 from conftest import random_batch, toy_cfg
 
@@ -69,7 +69,7 @@ def test_the_class_score_gradient_goes_to_the_first_of_tied_prototypes(monkeypat
     """The class maximum's index (torch.max, or for many classes on CPU the blocked form, here in
     blocks of 3 rows); with tied prototypes the gradient of the class score goes to the first, as
     the class-major torch.max's does."""
-    import protoseg.modeling.prototype_scores as ps
+    import protoseg.modeling.prototypes.scores as ps
 
     if blocked:
         monkeypatch.setattr(ps, "_ARGMAX_BLOCK_ELEMENTS", 3 * 4 * 5)
@@ -117,7 +117,7 @@ def test_nearest_class_scores_equal_the_max_over_the_class_major_similarities(di
 
 def test_chunked_nearest_class_scores_pass_the_same_gradient():
     """Used with gradient during the warm-up (CE only): chunks must not cut the graph."""
-    from protoseg.modeling.prototype_scores import nearest_prototype_scores
+    from protoseg.modeling.prototypes.scores import nearest_prototype_scores
 
     torch.manual_seed(0)
     protos = F.normalize(torch.randn(6, 4, 8), dim=-1)
@@ -161,7 +161,7 @@ def training_loss(scores, own, lse, labels):
 @pytest.mark.parametrize("precision", ["float32", "tf32"])
 def test_float32_and_tf32_are_float32_on_cpu(precision):
     """float32 is today's code; tf32 changes only a CUDA flag, set around the products and restored."""
-    from protoseg.modeling.prototype_scores import nearest_prototype_scores
+    from protoseg.modeling.prototypes.scores import nearest_prototype_scores
 
     torch.manual_seed(0)
     protos = F.normalize(torch.randn(6, 4, 8), dim=-1)
@@ -182,7 +182,7 @@ def test_float32_and_tf32_are_float32_on_cpu(precision):
 
 
 def test_tf32_context_sets_and_restores_the_cuda_flag_only_around_the_products():
-    from protoseg.modeling.prototype_scores import matmul_precision
+    from protoseg.modeling.prototypes.scores import matmul_precision
 
     before = torch.backends.cuda.matmul.allow_tf32
     with matmul_precision("float32"):
@@ -198,7 +198,7 @@ def test_tf32_context_sets_and_restores_the_cuda_flag_only_around_the_products()
 
 @pytest.mark.parametrize("num_classes", [19, 150])
 def test_bfloat16_agrees_with_float32_on_random_unit_vectors(num_classes):
-    from protoseg.modeling.prototype_scores import nearest_prototype_scores
+    from protoseg.modeling.prototypes.scores import nearest_prototype_scores
 
     g = torch.Generator().manual_seed(0)
     N, K, D = 4096, 10, 64
@@ -258,7 +258,7 @@ def test_bfloat16_keeps_the_trained_models_prediction_and_gradient(trained_pixel
     99.9 % is NOT met on this 40-iteration toy model (23 % pixel accuracy, many close calls); the
     bar here is 99.8 %, and no pixel with a float32 margin above 2e-3 may change class. The
     gradient of the training losses moves by less than 5 %."""
-    from protoseg.modeling.prototype_scores import nearest_prototype_scores
+    from protoseg.modeling.prototypes.scores import nearest_prototype_scores
 
     x, labels, protos = trained_pixels
     assert x.shape[0] >= 1000

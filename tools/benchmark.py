@@ -9,7 +9,7 @@ What is measured (for C in {19, 150, 847} classes, K prototypes per class, N pix
 dimension D):
 
 (a) The prototype learning step, forward + backward, of the batched implementation of
-    ``protoseg.modeling`` (what ``ProtoSegHead.auxiliary_losses`` does, line by line): similarity
+    ``protoseg.modeling`` (what ``ProtoSegHead`` does through ``PrototypeMemory.learn``): similarity
     x @ P^T (N x CK), class scores (max over K), clustering (Sinkhorn-Knopp for all classes at once,
     ``PrototypeMemory.assign``), momentum update (``PrototypeMemory.update``), CE + PPC + PPD
     losses, backward into the embeddings x (an (N, D) leaf with requires_grad; the prototypes get no
@@ -36,7 +36,7 @@ dimension D):
     configs/toy/protoseg_r18-d8_fcn_toy.yaml and configs/toy/parametric_r18-d8_fcn_toy.yaml with
     MODEL.SEM_SEG_HEAD.NUM_CLASSES = C and the decoder width MODEL.SEM_SEG_HEAD.CONVS_DIM =
     --model-dim), eval mode, no_grad, random images, and the head alone: decoder output ->
-    class scores at the decoder stride (``head.classify``; ProtoSeg: LayerNorm + l2-norm + N x CK
+    class scores at the decoder stride (``head.class_scores``; ProtoSeg: LayerNorm + l2-norm + N x CK
     product + max over K + LayerNorm over C; baseline: a 1x1 conv to C channels).
 (d) Peak memory of the step of (a) (and of the loop and the floor) at C = --memory-classes (847).
     CUDA: ``torch.cuda.max_memory_allocated`` above the level before the step. CPU: the PyTorch
@@ -94,8 +94,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from protoseg.modeling import PrototypeMemory, masked_cross_entropy  # noqa: E402
-from protoseg.modeling.heads.protoseg_head import prototype_learning  # noqa: E402
-from protoseg.modeling.prototype_scores import prototype_scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TOY_CONFIGS = REPO / "configs" / "toy"
@@ -119,18 +117,19 @@ TARGETS = dict(loop_speedup_min=2.0, floor_ratio_max=1.5, inference_ratio_max=1.
 # --------------------------------------------------------------------------------------------
 
 
-def batched_step(memory: PrototypeMemory, x: torch.Tensor, labels: torch.Tensor, hp=HP, chunk_size: int = 0):
-    """One prototype learning step with the library, as ``ProtoSegHead.auxiliary_losses`` does it.
+def batched_step(memory: PrototypeMemory, x: torch.Tensor, labels: torch.Tensor, hp=HP):
+    """One prototype learning step with the library, as ``ProtoSegHead`` does it:
+    :meth:`PrototypeMemory.learn` (a memory of :func:`make_memory`, unweighted PPC / PPD), then the
+    CE on the class scores over a fixed temperature.
 
     Returns (loss, PPC targets, losses dict); x.grad holds the gradient afterwards.
     """
-    tau = hp["ppc_temperature"]
-    scores, own, lse = prototype_scores(x, memory.prototypes, labels, tau, memory.distance, chunk_size=chunk_size)
-    ppc, ppd, proto_targets, _ = prototype_learning(memory, x, labels, own, lse, scores, tau)
-    losses = {"ce": masked_cross_entropy(scores / hp["score_temperature"], labels, IGNORE), "ppc": ppc, "ppd": ppd}
+    learning = memory.learn(x, labels, lambda scores: scores / hp["score_temperature"])
+    losses = {"ce": masked_cross_entropy(learning.class_logits, labels, IGNORE),
+              "ppc": learning.losses["loss_ppc"], "ppd": learning.losses["loss_ppd"]}
     loss = losses["ce"] + hp["ppc_weight"] * losses["ppc"] + hp["ppd_weight"] * losses["ppd"]
     loss.backward()
-    return loss.detach(), proto_targets, {k: v.detach() for k, v in losses.items()}
+    return loss.detach(), learning.targets, {k: v.detach() for k, v in losses.items()}
 
 
 def parametric_step(weight: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, num_classes: int, hp=HP):
@@ -232,7 +231,7 @@ def step_losses(class_scores, proto_logits, labels, targets, hp=HP):
 def reference_structure_step(prototypes: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, hp=HP):
     """The step as the reference code (tfzhou/ProtoSeg, ``HRNet_W48_Proto``) is structured, with the
     math of :func:`batched_step`: class scores from an einsum 'nd,kmd->nmk' and ``amax`` over the
-    prototypes; a second product ``x @ P^T`` for the PPC logits (``prototype_learning``); a loop over
+    prototypes; a second product ``x @ P^T`` for the PPC logits (the reference's ``prototype_learning``); a loop over
     all C classes that selects each class's pixels and skips a class without pixels (a host sync
     per class); per class Algorithm 1, argmax, momentum update. Same signature and returns as
     :func:`per_class_loop_step`.
@@ -283,10 +282,13 @@ LOOPS = {"loop": per_class_loop_step, "reference": reference_structure_step}
 # --------------------------------------------------------------------------------------------
 
 
-def make_memory(prototypes: torch.Tensor) -> PrototypeMemory:
+def make_memory(prototypes: torch.Tensor, chunk_size: int = 0) -> PrototypeMemory:
+    """A memory holding ``prototypes`` (C, K, D) with the paper's hyper-parameters; its PPC and PPD
+    are unweighted (:func:`batched_step` weights them)."""
     C, K, D = prototypes.shape
     memory = PrototypeMemory(
-        C, K, D, momentum=HP["momentum"], sinkhorn_iters=HP["sinkhorn_iters"], sinkhorn_kappa=HP["sinkhorn_kappa"]
+        C, K, D, momentum=HP["momentum"], sinkhorn_iters=HP["sinkhorn_iters"], sinkhorn_kappa=HP["sinkhorn_kappa"],
+        ppc_temperature=HP["ppc_temperature"], ppc_weight=1.0, ppd_weight=1.0, chunk_size=chunk_size,
     ).to(prototypes.device)
     memory.prototypes.copy_(prototypes)
     return memory
@@ -566,8 +568,8 @@ def bench_inference(C, args) -> Dict[str, object]:
     )
     head_t = bench(
         {
-            "parametric": run(lambda: base_model.sem_seg_head.classify(embedding)),
-            "protoseg": run(lambda: proto_model.sem_seg_head.classify(embedding)),
+            "parametric": run(lambda: base_model.sem_seg_head.class_scores(embedding)),
+            "protoseg": run(lambda: proto_model.sem_seg_head.class_scores(embedding)),
         },
         args.warmup, args.reps, args.device,
     )
@@ -603,7 +605,7 @@ def bench_memory(args) -> Dict[str, object]:
                           note="n/a on CPU: " + detail)
             return result
     prototypes, x0, labels = make_problem(C, args.k, args.dim, args.n, args.present.get(C, C), args.ignore_frac, args.seed, args.device)
-    memory = make_memory(prototypes)
+    memory, chunked_memory = make_memory(prototypes), make_memory(prototypes, args.chunk_size)
     # One untimed call each first, so that lazily created state is not counted.
     for variant in range(2):
         xb, xl, xr, xf = (x0.clone().requires_grad_(True) for _ in range(4))
@@ -613,7 +615,7 @@ def bench_memory(args) -> Dict[str, object]:
         reference = measure(lambda: reference_structure_step(prototypes, xr, labels))
         floor = measure(lambda: floor_step(prototypes, xf))
         xc, xp = x0.clone().requires_grad_(True), x0.clone().requires_grad_(True)
-        chunked = measure(lambda: batched_step(memory, xc, labels, chunk_size=args.chunk_size))
+        chunked = measure(lambda: batched_step(chunked_memory, xc, labels))
         weight = prototypes.reshape(C * args.k, args.dim).clone().requires_grad_(True)
         parametric = measure(lambda: parametric_step(weight, xp, labels, C))
     result.update(batched_bytes=batched, loop_bytes=loop, reference_bytes=reference, floor_bytes=floor, chunked_bytes=chunked,

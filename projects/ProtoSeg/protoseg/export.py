@@ -113,8 +113,9 @@ class ExportableSegmentor(nn.Module):
         if getattr(model, "sliding_window", False) or getattr(model, "uses_tta", False):
             raise ValueError("export the whole-image path: build the model from export_cfg(cfg) "
                              "(TEST.SLIDING_WINDOW.ENABLED and TEST.AUG.ENABLED off)")
-        if getattr(head, "chunk_size", 0):
-            raise ValueError(f"MODEL.PROTOSEG.CHUNK_SIZE is {head.chunk_size}: a trace would fix the number of "
+        chunk_size = getattr(getattr(head, "memory", None), "chunk_size", 0)
+        if chunk_size:
+            raise ValueError(f"MODEL.PROTOSEG.CHUNK_SIZE is {chunk_size}: a trace would fix the number of "
                              f"chunks to the example's size; build the model from export_cfg(cfg)")
         self.model = model
         self.size_divisibility = int(model.backbone.size_divisibility)

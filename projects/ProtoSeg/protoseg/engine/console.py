@@ -28,7 +28,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..evaluation.report import format_summary_metrics
 from ..modeling.parameter_count import parameter_counts
-from ..modeling.prototype_memory import PrototypeMemory
+from ..modeling.prototypes import PrototypeMemory
 from ..solver import effective_warmup_iters
 
 __all__ = [

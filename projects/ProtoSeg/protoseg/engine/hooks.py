@@ -9,14 +9,14 @@ from detectron2.engine.hooks import BestCheckpointer
 from detectron2.utils import comm
 from detectron2.utils.comm import is_main_process
 
-from ..modeling.prototype_memory import PrototypeMemory
+from ..modeling.prototypes import PrototypeMemory
 
 __all__ = ["BestCheckpointHook", "PrototypeStatisticsHook", "PrototypeSyncCheckHook", "prototype_fingerprint"]
 
 
-def find_prototype_heads(model):
-    """Modules of ``model`` (possibly DDP-wrapped) that keep ``latest_statistics``."""
-    return [m for m in model.modules() if hasattr(m, "latest_statistics")]
+def prototype_memories(model):
+    """The :class:`PrototypeMemory` modules of ``model`` (possibly DDP-wrapped)."""
+    return [m for m in model.modules() if isinstance(m, PrototypeMemory)]
 
 
 class PrototypeStatisticsHook(HookBase):
@@ -38,8 +38,8 @@ class PrototypeStatisticsHook(HookBase):
             return
         if not is_main_process():
             return
-        for head in find_prototype_heads(self.trainer.model):
-            stats = {f"proto/{k}": float(v) for k, v in head.latest_statistics.items()}
+        for memory in prototype_memories(self.trainer.model):
+            stats = {f"proto/{k}": float(v) for k, v in memory.latest_statistics.items()}
             if stats:
                 self.trainer.storage.put_scalars(**stats, smoothing_hint=False)
                 text = "  ".join(f"{k}: {v:.4f}" for k, v in stats.items())
@@ -71,7 +71,7 @@ class PrototypeSyncCheckHook(HookBase):
             return
         if next_iter % self._period != 0 and next_iter != self.trainer.max_iter:
             return
-        mine = [prototype_fingerprint(m.prototypes) for m in self.trainer.model.modules() if isinstance(m, PrototypeMemory)]
+        mine = [prototype_fingerprint(m.prototypes) for m in prototype_memories(self.trainer.model)]
         everyone = comm.all_gather(mine)
         if all(other == everyone[0] for other in everyone):
             level = logging.INFO if next_iter == self.trainer.max_iter else logging.DEBUG

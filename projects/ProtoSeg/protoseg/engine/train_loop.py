@@ -21,7 +21,7 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..modeling.prototype_memory import PrototypeMemory
+from ..modeling.prototypes import PrototypeMemory
 
 __all__ = ["ProtoSegTrainLoop"]
 

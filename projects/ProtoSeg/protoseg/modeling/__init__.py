@@ -1,12 +1,11 @@
-"""Modeling: the prototype memory, its clustering and losses (public functional API), heads,
-decoders, the meta-architecture. Importing registers the heads, decoders and meta-architecture in
+"""Modeling: backbones, decoders, heads, prototype learning (``prototypes/``) and the
+meta-architecture. Importing registers the backbones, heads, decoders and meta-architecture in
 Detectron2's registries."""
-from .clustering import sinkhorn_knopp
-from .losses import masked_cross_entropy, ppc_loss, ppd_loss
-from .prototype_memory import PrototypeMemory
 from .backbones import build_dilated_resnet_backbone
 from .decoders import DECODER_REGISTRY, build_decoder
 from .heads import ParametricSegHead, ProtoSegHead
+from .heads.cross_entropy import masked_cross_entropy
+from .prototypes import PrototypeMemory, ppc_loss, ppd_loss, sinkhorn_knopp
 from .segmentor import ProtoSegSemanticSegmentor, sliding_windows
 
 __all__ = [

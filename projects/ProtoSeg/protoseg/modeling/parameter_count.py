@@ -9,7 +9,7 @@ from typing import Dict
 
 from torch import nn
 
-from .prototype_memory import PrototypeMemory
+from .prototypes import PrototypeMemory
 
 __all__ = ["parameter_counts"]
 

@@ -164,7 +164,7 @@ def embed_image(model, cfg, image: np.ndarray) -> EmbeddingOutput:
         stride=int(head.decoder.out_stride),
         grid_size=(int(emb.shape[-2]), int(emb.shape[-1])),
     )
-    # Class scores exactly as ProtoSegHead.classify computes them at inference, then the
+    # Class scores exactly as ProtoSegHead.class_scores computes them at inference, then the
     # model's upsampling and sem_seg_postprocess.
     _, d, h, w = emb.shape
     flat = emb[0].permute(1, 2, 0).reshape(-1, d)

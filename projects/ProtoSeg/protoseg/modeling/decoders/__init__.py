@@ -1,4 +1,3 @@
-from .auxiliary import AuxiliaryFCNHead, build_auxiliary_head
 from .build import DECODER_REGISTRY, build_decoder
 from .fcn import FCNDecoder
 from .hrnet import HRNetV2Decoder
@@ -12,6 +11,4 @@ __all__ = [
     "HRNetV2Decoder",
     "UperNetDecoder",
     "SegFormerMLPDecoder",
-    "AuxiliaryFCNHead",
-    "build_auxiliary_head",
 ]

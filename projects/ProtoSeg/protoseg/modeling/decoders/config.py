@@ -1,5 +1,5 @@
-"""Configuration keys of the decoders (FCN, HRNetV2, UperNet, SegFormer) and of the auxiliary FCN
-head; called by ``add_protoseg_config``. CONVS_DIM (Detectron2's key) is the width of the FCN,
+"""Configuration keys of the decoders (FCN, HRNetV2, UperNet, SegFormer); called by
+``add_protoseg_config``. CONVS_DIM (Detectron2's key) is the width of the FCN,
 UperNet (512) and SegFormer (768; 256 for MiT-B0) decoders; DROPOUT (0.1) is read by all but
 HRNetV2, whose variant fixes it."""
 
@@ -30,13 +30,3 @@ def add_decoder_config(cfg):
     # (linear with bias per level, what the paper's counts follow) or "mmseg" = mmseg's
     # SegformerHead (1x1 conv-BN-ReLU per level).
     head.SEGFORMER_VARIANT = "original"
-    # Auxiliary FCN head (decoders/auxiliary.py), training only, loss "loss_aux": the backbone
-    # feature it reads ("res4" in mmseg's FCN and UperNet configs), "" = no auxiliary head (mmseg's
-    # HRNet and SegFormer configs).
-    head.AUX_IN_FEATURE = ""
-    # Weight of its cross-entropy (mmseg: 0.4).
-    head.AUX_LOSS_WEIGHT = 0.4
-    # Width of its 3x3 conv-norm-ReLU layers (mmseg: 256).
-    head.AUX_CHANNELS = 256
-    # Number of those layers (mmseg: 1).
-    head.AUX_NUM_CONVS = 1

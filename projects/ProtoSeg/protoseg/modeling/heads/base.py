@@ -1,11 +1,11 @@
-"""What every segmentation head of the project shares: decoder -> classifier -> CE / prediction."""
+"""What every segmentation head of the project shares: decoder -> class scores -> CE / prediction."""
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import class_weight_tensor, upsampled_cross_entropy
+from .cross_entropy import class_weight_tensor, upsampled_cross_entropy
 
 __all__ = ["DecoderClassifierHead", "resize_labels"]
 
@@ -19,12 +19,12 @@ def resize_labels(labels: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 class DecoderClassifierHead(nn.Module):
     """A ``SEM_SEG_HEAD``: a decoder (features -> embedding map) and a classifier on top.
 
-    Subclasses implement :meth:`classify` (embedding map -> class scores at the decoder's stride)
-    and may add losses in :meth:`auxiliary_losses`. Follows Detectron2's head contract: in training,
-    returns ``(None, dict of named scalar losses)``; in inference ``(logits (B, C, H, W) at input
-    resolution, {})``.
+    Subclasses implement :meth:`class_scores` (embedding map -> class scores at the decoder's
+    stride) and may override :meth:`training_scores` to add losses of their own. Follows
+    Detectron2's head contract: in training, returns ``(None, dict of named scalar losses)``; in
+    inference ``(logits (B, C, H, W) at input resolution, {})``.
 
-    An optional ``aux_head`` (mmseg's auxiliary FCN head, ``decoders/auxiliary.py``) reads the
+    An optional ``aux_head`` (mmseg's auxiliary FCN head, ``heads/auxiliary.py``) reads the
     backbone features in training only and adds its weighted CE as ``loss_aux``. Every head has it
     through this class, the ProtoSeg head included: the paper's ProtoSeg models keep it (their
     parameter counts are the baseline's minus only the C-way classifier).
@@ -70,10 +70,17 @@ class DecoderClassifierHead(nn.Module):
         head = cfg.MODEL.SEM_SEG_HEAD
         return {"class_weights": tuple(head.CLASS_WEIGHTS), "upsample_align_corners": head.UPSAMPLE_ALIGN_CORNERS}
 
-    def classify(self, embedding: torch.Tensor, targets: Optional[torch.Tensor] = None):
-        """(B, D, h, w) embedding (and, in training, the (B, H, W) labels) -> ((B, C, h, w) class
-        scores, anything the losses need)."""
+    def class_scores(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) embedding -> (B, C, h, w) class scores (logits at the decoder's stride)."""
         raise NotImplementedError
+
+    def training_scores(
+        self, embedding: torch.Tensor, targets: torch.Tensor
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Training: (B, D, h, w) embedding and (B, H, W) labels -> ((B, C, h, w) class scores for
+        the CE, the head's own named losses). By default the scores of :meth:`class_scores` and no
+        loss of its own."""
+        return self.class_scores(embedding), {}
 
     def upsample_to_input(self, scores: torch.Tensor, image_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """(B, C, h, w) scores at the decoder's stride s -> (B, C, H, W), bilinear with
@@ -84,9 +91,6 @@ class DecoderClassifierHead(nn.Module):
             stride = self.decoder.out_stride
             image_size = (scores.shape[-2] * stride, scores.shape[-1] * stride)
         return F.interpolate(scores, size=tuple(image_size), mode="bilinear", align_corners=self.upsample_align_corners)
-
-    def auxiliary_losses(self, scores: torch.Tensor, extras, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {}
 
     def forward(
         self,
@@ -102,16 +106,16 @@ class DecoderClassifierHead(nn.Module):
             image_size: (H, W) of the input batch, the size of the logits at inference (default:
                 the decoder's stride times the scores' size).
         """
-        scores, extras = self.classify(self.decoder(features), targets if self.training else None)
+        embedding = self.decoder(features)
         if not self.training:
-            return self.upsample_to_input(scores, image_size), {}
+            return self.upsample_to_input(self.class_scores(embedding), image_size), {}
         if targets is None:
             raise ValueError(f"{type(self).__name__} needs targets (the 'sem_seg' of each input) in training")
+        scores, own_losses = self.training_scores(embedding, targets)
         ce = upsampled_cross_entropy(
             scores, targets, self.ignore_value, self.class_weights, align_corners=self.upsample_align_corners
         )
-        losses = {"loss_ce": self.loss_weight * ce}
-        losses.update(self.auxiliary_losses(scores, extras, targets))
+        losses = {"loss_ce": self.loss_weight * ce, **own_losses}
         if self.aux_head is not None:
             losses["loss_aux"] = self.aux_head(features, targets)
         return None, losses

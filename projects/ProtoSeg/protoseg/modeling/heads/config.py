@@ -1,5 +1,7 @@
-"""Configuration keys of the segmentation heads: those every head reads (``heads/base.py``) and the
-parametric baselines' (``heads/parametric_head.py``); called by ``add_protoseg_config``."""
+"""Configuration keys of the segmentation heads: those every head reads (``heads/base.py``), the
+auxiliary FCN head's (``heads/auxiliary.py``) and the parametric baselines'
+(``heads/parametric_head.py``); called by ``add_protoseg_config``. The prototype head's keys are
+``MODEL.PROTOSEG`` (``modeling/prototypes/config.py``)."""
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_head_config"]
@@ -18,6 +20,17 @@ def add_head_config(cfg):
     # size) and at inference (to stride x their size). False: mmseg; True: the reference code
     # (lib/loss/loss_proto.py, segmentor/tester.py ss_test).
     head.UPSAMPLE_ALIGN_CORNERS = False
+
+    # Auxiliary FCN head (heads/auxiliary.py), training only, loss "loss_aux": the backbone
+    # feature it reads ("res4" in mmseg's FCN and UperNet configs), "" = no auxiliary head (mmseg's
+    # HRNet and SegFormer configs).
+    head.AUX_IN_FEATURE = ""
+    # Weight of its cross-entropy (mmseg: 0.4).
+    head.AUX_LOSS_WEIGHT = 0.4
+    # Width of its 3x3 conv-norm-ReLU layers (mmseg: 256).
+    head.AUX_CHANNELS = 256
+    # Number of those layers (mmseg: 1).
+    head.AUX_NUM_CONVS = 1
 
     # ---- the parametric baselines (same decoder, learned classifier) ----
     cfg.MODEL.PARAMETRIC = CN()

@@ -6,7 +6,8 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..decoders import build_auxiliary_head, build_decoder
+from ..decoders import build_decoder
+from .auxiliary import build_auxiliary_head
 from .base import DecoderClassifierHead
 
 __all__ = ["ParametricSegHead"]
@@ -39,9 +40,9 @@ class ParametricSegHead(DecoderClassifierHead):
             **cls.loss_config(cfg),
         }
 
-    def classify(self, embedding: torch.Tensor, targets=None):
+    def class_scores(self, embedding: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(embedding)  # (B, C*K, h, w)
         if self.num_prototypes > 1:
             b, _, h, w = logits.shape
             logits = logits.view(b, self.num_classes, self.num_prototypes, h, w).amax(dim=2)
-        return logits, None
+        return logits

@@ -1,5 +1,5 @@
 """The ProtoSeg head: nonparametric nearest-prototype classification (paper Sec. 3)."""
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -8,13 +8,12 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..decoders import build_auxiliary_head, build_decoder
-from ..losses import ppc_loss_from_parts, ppd_loss_from_parts
-from ..prototype_scores import SIMILARITY_PRECISIONS, prototype_scores
-from ..prototype_memory import PrototypeMemory
+from ..decoders import build_decoder
+from ..prototypes import PrototypeMemory
+from .auxiliary import build_auxiliary_head
 from .base import DecoderClassifierHead, resize_labels
 
-__all__ = ["ProtoSegHead", "prototype_learning"]
+__all__ = ["ProtoSegHead"]
 
 CLASS_SCORE_NORMS = ("layernorm", "temperature")
 PROJECTIONS = ("none", "mlp", "reference_mlp")
@@ -54,13 +53,13 @@ class ProtoSegHead(DecoderClassifierHead):
     """Decoder -> (projection) -> per-pixel embedding -> similarity to C x K prototypes.
 
     Inference (Eq. 5-6): class score = similarity to the class's nearest prototype, normalised
-    (LayerNorm over classes or a fixed temperature), argmax. Training adds, once per iteration and
-    without gradient, the within-class clustering of the pixels onto their class's prototypes and
-    the momentum update of the prototypes, and the losses CE (Eq. 7) + lambda_1 PPC (Eq. 11) +
-    lambda_2 PPD (Eq. 12) returned as ``loss_ce``, ``loss_ppc``, ``loss_ppd``.
+    (LayerNorm over classes or a fixed temperature), argmax. In training, the head hands the
+    embeddings and labels to its :class:`PrototypeMemory` once per step (:meth:`PrototypeMemory.learn`:
+    scores, clustering, momentum update, PPC and PPD); the base class adds the CE (Eq. 7). Losses:
+    ``loss_ce``, ``loss_ppc``, ``loss_ppd`` (Eq. 13), and ``loss_aux`` with an auxiliary head.
 
-    The latest prototype statistics (0-dim tensors) are read from ``self.latest_statistics`` by a
-    trainer hook, outside the step.
+    The head owns what is learned by gradient (projection, LayerNorms) and the prototype warm-up
+    (``iteration``, in checkpoints); the memory owns the prototypes and their statistics.
     """
 
     @configurable
@@ -72,16 +71,11 @@ class ProtoSegHead(DecoderClassifierHead):
         ignore_value: int,
         memory: PrototypeMemory,
         loss_weight: float = 1.0,
-        ppc_weight: float = 0.01,
-        ppd_weight: float = 0.01,
-        ppc_temperature: float = 0.1,
         warmup_iters: int = 0,
         class_score_norm: str = "layernorm",
         class_score_temperature: float = 0.1,
         feature_layernorm: bool = True,
         projection: str = "none",
-        chunk_size: int = 0,
-        similarity_precision: str = "float32",
         aux_head: Optional[nn.Module] = None,
         **loss_kwargs,
     ):
@@ -91,7 +85,7 @@ class ProtoSegHead(DecoderClassifierHead):
             memory: the prototype memory, (C, K, D) with D = decoder.out_channels.
             aux_head: optional auxiliary FCN head (training only, ``loss_aux``), see the base class.
             loss_kwargs: the base class's ``class_weights`` and ``upsample_align_corners``.
-            Other arguments: the MODEL.PROTOSEG keys of the same name (see config.py).
+            Other arguments: the MODEL.PROTOSEG keys of the same name (see prototypes/config.py).
         """
         super().__init__(
             decoder,
@@ -109,15 +103,7 @@ class ProtoSegHead(DecoderClassifierHead):
         if projection not in PROJECTIONS:
             raise ValueError(f"MODEL.PROTOSEG.PROJECTION must be one of {PROJECTIONS}, got {projection!r}")
         self.memory = memory
-        self.ppc_weight, self.ppd_weight, self.ppc_temperature = ppc_weight, ppd_weight, ppc_temperature
         self.warmup_iters = warmup_iters
-        self.chunk_size = chunk_size
-        if similarity_precision not in SIMILARITY_PRECISIONS:
-            raise ValueError(
-                f"MODEL.PROTOSEG.SIMILARITY_PRECISION must be one of {SIMILARITY_PRECISIONS}, "
-                f"got {similarity_precision!r}"
-            )
-        self.similarity_precision = similarity_precision
         self.class_score_temperature = class_score_temperature
         self.projection = build_projection(projection, dim)
         self.feature_norm = nn.LayerNorm(dim) if feature_layernorm else nn.Identity()
@@ -125,41 +111,22 @@ class ProtoSegHead(DecoderClassifierHead):
         # Training forwards seen so far: decides the warm-up and is restored on resume.
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self._warmup_done = warmup_iters <= 0
-        self._update_statistics: Dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         p = cfg.MODEL.PROTOSEG
         decoder = build_decoder(cfg, input_shape)
-        memory = PrototypeMemory(
-            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            p.NUM_PROTOTYPES,
-            decoder.out_channels,
-            momentum=p.MOMENTUM,
-            sinkhorn_iters=p.SINKHORN_ITERS,
-            sinkhorn_kappa=p.SINKHORN_KAPPA,
-            assignment=p.ASSIGNMENT,
-            update_from_correct_only=p.UPDATE_FROM_CORRECT_ONLY,
-            distance=p.DISTANCE,
-            huber_delta=p.HUBER_DELTA,
-            init_std=p.INIT_STD,
-        )
         return {
             "decoder": decoder,
-            "memory": memory,
+            "memory": PrototypeMemory(cfg, dim=decoder.out_channels),
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
-            "ppc_weight": p.PPC_WEIGHT,
-            "ppd_weight": p.PPD_WEIGHT,
-            "ppc_temperature": p.PPC_TEMPERATURE,
             "warmup_iters": p.WARMUP_ITERS,
             "class_score_norm": p.CLASS_SCORE_NORM,
             "class_score_temperature": p.CLASS_SCORE_TEMPERATURE,
             "feature_layernorm": p.FEATURE_LAYERNORM,
             "projection": p.PROJECTION,
-            "chunk_size": p.CHUNK_SIZE,
-            "similarity_precision": p.SIMILARITY_PRECISION,
             "aux_head": build_auxiliary_head(cfg, input_shape),
             **cls.loss_config(cfg),
         }
@@ -179,77 +146,34 @@ class ProtoSegHead(DecoderClassifierHead):
         x = self.embed(embedding)
         return x.view(b, h, w, -1).permute(0, 3, 1, 2)
 
-    def classify(self, embedding: torch.Tensor, targets: Optional[torch.Tensor] = None):
-        b, _, h, w = embedding.shape
-        x = self.embed(embedding)
-        if targets is not None and not self.memory.synchronized:
-            self.memory.broadcast_()  # first training step: one set of prototypes on all ranks
-        learn = targets is not None and self._prototype_learning_active()
-        if learn:
-            labels = resize_labels(targets, (h, w)).flatten()  # (N,)
-            flat_scores, own, lse = prototype_scores(
-                x, self.memory.prototypes, labels, self.ppc_temperature, self.memory.distance,
-                self.memory.huber_delta, self.chunk_size, self.similarity_precision,
-            )
-            extras = (x, labels, own, lse)
-        else:
-            flat_scores = self.memory.nearest_class_scores(x, self.chunk_size, self.similarity_precision)  # (N, C)
-            extras = None
-        flat_scores = self.normalize_scores(flat_scores)
-        # (N, C) in either memory order (inference gives the transpose of a (C, N) tensor) ->
-        # contiguous (B, C, h, w) with one copy at most (none for one (C, N) image): a permuted,
-        # channels-last map would make every later resize copy (B, C, H, W).
-        scores = flat_scores.t().reshape(self.num_classes, b, h, w).transpose(0, 1).contiguous()
-        return scores, extras if extras is None else (*extras, flat_scores)
-
-    @property
-    def latest_statistics(self) -> Dict[str, torch.Tensor]:
-        """Statistics of the latest prototype update (0-dim tensors; empty before the first):
-        "used_share" of the update's pixel counts and "intra_class_cosine" of the current
-        prototypes, computed here when read rather than in every training step."""
-        if not self._update_statistics:
-            return {}
-        return {
-            "used_share": PrototypeMemory.used_share(self._update_statistics["pixel_counts"]),
-            "intra_class_cosine": self.memory.intra_class_cosine(),
-        }
-
     def normalize_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """(N, C) nearest-prototype similarities -> logits: LayerNorm over classes or 1/T."""
         return self.score_norm(scores) if self.score_norm is not None else scores / self.class_score_temperature
+
+    def class_scores(self, embedding: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = embedding.shape
+        logits = self.normalize_scores(self.memory.nearest_class_scores(self.embed(embedding)))
+        return self._score_map(logits, b, h, w)
+
+    def training_scores(
+        self, embedding: torch.Tensor, targets: torch.Tensor
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        b, _, h, w = embedding.shape
+        x = self.embed(embedding)
+        labels = resize_labels(targets, (h, w)).flatten()  # (N,)
+        frozen = not self._prototype_learning_active()
+        self.iteration += 1
+        learning = self.memory.learn(x, labels, self.normalize_scores, frozen=frozen)
+        return self._score_map(learning.class_logits, b, h, w), learning.losses
+
+    def _score_map(self, logits: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        """(N, C) logits in either memory order (inference gives the transpose of a (C, N) tensor)
+        -> contiguous (B, C, h, w) with one copy at most (none for one (C, N) image): a permuted,
+        channels-last map would make every later resize copy (B, C, H, W)."""
+        return logits.t().reshape(self.num_classes, b, h, w).transpose(0, 1).contiguous()
 
     def _prototype_learning_active(self) -> bool:
         # Reads the iteration buffer (a host sync) only during the warm-up.
         if not self._warmup_done:
             self._warmup_done = int(self.iteration) >= self.warmup_iters
         return self._warmup_done
-
-    def auxiliary_losses(self, scores: torch.Tensor, extras, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        self.iteration += 1
-        if extras is None:  # warm-up: no prototype learning
-            zero = scores.sum() * 0.0
-            return {"loss_ppc": zero, "loss_ppd": zero}
-        x, labels, own, lse, flat_scores = extras
-        ppc, ppd, _, self._update_statistics = prototype_learning(
-            self.memory, x, labels, own, lse, flat_scores, self.ppc_temperature
-        )
-        return {"loss_ppc": self.ppc_weight * ppc, "loss_ppd": self.ppd_weight * ppd}
-
-
-def prototype_learning(memory: PrototypeMemory, x, labels, own, lse, class_scores, ppc_temperature: float):
-    """One iteration of prototype learning and its losses, from the outputs of
-    :func:`prototype_scores`: cluster and update the memory (no gradient), then PPC and PPD.
-
-    Args:
-        x: (N, D) embeddings. labels: (N,) int64 (ignored pixels outside [0, C)).
-        own: (N, K) similarities to the own class's prototypes. lse: (N,) PPC log-sum-exp.
-        class_scores: (N, C) the model's class scores (correct-only rule).
-    Returns:
-        (PPC, PPD, prototype targets (N,) with -1 where ignored, prototype statistics).
-    """
-    proto_targets, stats = memory.cluster_and_update(x, own.detach(), class_scores.detach(), labels)
-    valid = proto_targets >= 0
-    assigned = torch.where(valid, proto_targets - labels * memory.num_prototypes, torch.zeros_like(labels))
-    target_sim = own.gather(1, assigned[:, None]).squeeze(1)  # (N,)
-    ppc = ppc_loss_from_parts(lse, target_sim, valid, ppc_temperature)
-    return ppc, ppd_loss_from_parts(target_sim, valid, memory.distance), proto_targets, stats

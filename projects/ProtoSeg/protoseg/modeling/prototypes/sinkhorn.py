@@ -15,10 +15,10 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["sinkhorn_knopp"]
+__all__ = ["sinkhorn_knopp", "world_all_reduce"]
 
 
-def _world_reduce(tensor: torch.Tensor, op=None) -> torch.Tensor:
+def world_all_reduce(tensor: torch.Tensor, op=None) -> torch.Tensor:
     """All-reduce in place when a process group of more than one rank exists."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=op if op is not None else dist.ReduceOp.SUM)
@@ -62,7 +62,7 @@ def sinkhorn_knopp(
             f"sinkhorn_knopp expects scores (n, K) and labels (n,), got {tuple(scores.shape)} "
             f"and {tuple(labels.shape)}"
         )
-    reduce = _world_reduce if distributed is not False else (lambda t, op=None: t)
+    reduce = world_all_reduce if distributed is not False else (lambda t, op=None: t)
     num_protos = scores.shape[1]
     tiny = torch.finfo(torch.float32).tiny
     with torch.autocast(device_type=scores.device.type, enabled=False):

@@ -1,29 +1,61 @@
-"""The non-learnable prototype memory: C x K prototypes per class, their online clustering and
-momentum update (paper Sec. 3.3, Eq. 8-10 and 14), synchronised across processes.
+"""The prototype memory: C x K non-learnable prototypes per class, with everything prototype
+learning does to them and with them (paper Sec. 3): the pixel-prototype scores, the within-class
+online clustering (Eq. 8-10), the momentum update (Eq. 14), synchronised across processes, and the
+prototype losses PPC (Eq. 11) and PPD (Eq. 12).
+
+The head calls :meth:`PrototypeMemory.learn` once per training step (and
+:meth:`PrototypeMemory.nearest_class_scores` at inference); it knows the embeddings and turns class
+scores into logits, the memory knows the prototypes.
 
 The memory is a buffer (C, K, D): it is saved, loaded and resumed with the model, is not in the
 optimizer and gets no weight decay. It is written only inside :meth:`PrototypeMemory.update`, under
 ``torch.no_grad()``, and never with a non-finite value.
 """
-from typing import Dict, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .clustering import _world_reduce, sinkhorn_knopp
-from .distances import DISTANCES, pairwise_similarity
-from .prototype_scores import nearest_prototype_scores, own_class_similarities
+from detectron2.config import configurable
 
-__all__ = ["PrototypeMemory"]
+from .distances import DISTANCES, pairwise_similarity
+from .losses import ppc_loss_from_parts, ppd_loss_from_parts
+from .scores import SIMILARITY_PRECISIONS, nearest_prototype_scores, own_class_similarities, prototype_scores
+from .sinkhorn import sinkhorn_knopp, world_all_reduce
+
+__all__ = ["PrototypeMemory", "PrototypeLearning"]
 
 ASSIGNMENTS = ("argmax", "gumbel")
 
 
-class PrototypeMemory(nn.Module):
-    """C x K prototypes of dimension D, with clustering-based assignment and momentum update."""
+class PrototypeLearning(NamedTuple):
+    """What one training step of :meth:`PrototypeMemory.learn` gives the head.
 
+    Attributes:
+        class_logits: (N, C) float32 logits of the pixels (the head's ``to_logits`` of the
+            nearest-prototype class scores), differentiable with respect to the embeddings; in
+            either memory order (see :meth:`PrototypeMemory.learn`).
+        losses: {"loss_ppc": lambda_1 PPC, "loss_ppd": lambda_2 PPD}, weighted scalars (zeros
+            connected to the graph while the prototypes are frozen).
+        targets: (N,) int64 assigned prototype c*K + k of every pixel, -1 where ignored (the PPC /
+            PPD targets); None while frozen.
+        pixel_counts: (C, K) update pixels each prototype received (global over processes); None
+            while frozen.
+    """
+
+    class_logits: torch.Tensor
+    losses: Dict[str, torch.Tensor]
+    targets: Optional[torch.Tensor]
+    pixel_counts: Optional[torch.Tensor]
+
+
+class PrototypeMemory(nn.Module):
+    """C x K prototypes of dimension D, with clustering-based assignment, momentum update and the
+    prototype losses. Built from a config with ``PrototypeMemory(cfg, dim=D)``."""
+
+    @configurable
     def __init__(
         self,
         num_classes: int,
@@ -38,6 +70,11 @@ class PrototypeMemory(nn.Module):
         distance: str = "cosine",
         huber_delta: float = 0.1,
         init_std: float = 0.02,
+        ppc_temperature: float = 0.1,
+        ppc_weight: float = 0.01,
+        ppd_weight: float = 0.01,
+        chunk_size: int = 0,
+        similarity_precision: str = "float32",
     ):
         """
         Args:
@@ -51,6 +88,10 @@ class PrototypeMemory(nn.Module):
             distance: "cosine" (unit vectors), "euclidean" or "huber" (Table 5d).
             huber_delta: delta of the Huberized distance.
             init_std: std of the truncated-normal initialisation (reference), before l2-norm.
+            ppc_temperature, ppc_weight, ppd_weight: tau of PPC (Eq. 11), lambda_1 and lambda_2.
+            chunk_size: pixels per chunk of the N x C*K similarities (0: one matrix), see
+                :func:`~protoseg.modeling.prototypes.scores.prototype_scores`.
+            similarity_precision: of the cosine products, one of ``SIMILARITY_PRECISIONS``.
         """
         super().__init__()
         if distance not in DISTANCES:
@@ -59,12 +100,19 @@ class PrototypeMemory(nn.Module):
             raise ValueError(f"MODEL.PROTOSEG.ASSIGNMENT must be one of {ASSIGNMENTS}, got {assignment!r}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"MODEL.PROTOSEG.MOMENTUM must be in [0, 1], got {momentum}")
+        if similarity_precision not in SIMILARITY_PRECISIONS:
+            raise ValueError(
+                f"MODEL.PROTOSEG.SIMILARITY_PRECISION must be one of {SIMILARITY_PRECISIONS}, "
+                f"got {similarity_precision!r}"
+            )
         self.num_classes, self.num_prototypes, self.dim = num_classes, num_prototypes, dim
         self.momentum = momentum
         self.sinkhorn_iters, self.sinkhorn_kappa = sinkhorn_iters, sinkhorn_kappa
         self.assignment = assignment
         self.update_from_correct_only = update_from_correct_only
         self.distance, self.huber_delta = distance, huber_delta
+        self.ppc_temperature, self.ppc_weight, self.ppd_weight = ppc_temperature, ppc_weight, ppd_weight
+        self.chunk_size, self.similarity_precision = chunk_size, similarity_precision
         protos = torch.empty(num_classes, num_prototypes, dim)
         nn.init.trunc_normal_(protos, std=init_std)
         if self.normalized:
@@ -72,6 +120,88 @@ class PrototypeMemory(nn.Module):
         self.register_buffer("prototypes", protos)
         # whether the prototypes are known to be the same on every process (see broadcast_)
         self.synchronized = False
+        self._latest_pixel_counts: Optional[torch.Tensor] = None
+
+    @classmethod
+    def from_config(cls, cfg, dim: int):
+        """The memory of ``cfg`` (``MODEL.PROTOSEG`` and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``) for
+        embeddings of ``dim`` channels."""
+        p = cfg.MODEL.PROTOSEG
+        return {
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "num_prototypes": p.NUM_PROTOTYPES,
+            "dim": dim,
+            "momentum": p.MOMENTUM,
+            "sinkhorn_iters": p.SINKHORN_ITERS,
+            "sinkhorn_kappa": p.SINKHORN_KAPPA,
+            "assignment": p.ASSIGNMENT,
+            "update_from_correct_only": p.UPDATE_FROM_CORRECT_ONLY,
+            "distance": p.DISTANCE,
+            "huber_delta": p.HUBER_DELTA,
+            "init_std": p.INIT_STD,
+            "ppc_temperature": p.PPC_TEMPERATURE,
+            "ppc_weight": p.PPC_WEIGHT,
+            "ppd_weight": p.PPD_WEIGHT,
+            "chunk_size": p.CHUNK_SIZE,
+            "similarity_precision": p.SIMILARITY_PRECISION,
+        }
+
+    def learn(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        to_logits: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        frozen: bool = False,
+    ) -> PrototypeLearning:
+        """One training step of prototype learning: class logits, then (unless ``frozen``) the
+        clustering and momentum update of the prototypes (no gradient) and the PPC / PPD losses.
+
+        Args:
+            x: (N, D) pixel embeddings (unit vectors for cosine), N = B*h*w in (b, y, x) order.
+            labels: (N,) int64 pixel classes at the embeddings' resolution; anything outside
+                [0, C) is ignored.
+            to_logits: the head's map from (N, C) nearest-prototype similarities to logits (its
+                LayerNorm over classes or 1/T); the update's correct-only rule reads these logits.
+            frozen: the head's prototype warm-up: logits only, prototypes unchanged, zero losses.
+        Returns:
+            :class:`PrototypeLearning`. The logits are (N, C) float32; in the frozen step they are
+            the transpose of a contiguous (C, N) tensor (see :func:`nearest_prototype_scores`).
+        """
+        if not self.synchronized:
+            self.broadcast_()  # first training step: one set of prototypes on all ranks
+        if frozen:
+            logits = to_logits(self.nearest_class_scores(x))
+            zero = logits.sum() * 0.0
+            return PrototypeLearning(logits, {"loss_ppc": zero, "loss_ppd": zero}, None, None)
+        scores, own, lse = prototype_scores(
+            x, self.prototypes, labels, self.ppc_temperature, self.distance, self.huber_delta,
+            self.chunk_size, self.similarity_precision,
+        )
+        logits = to_logits(scores)
+        targets, pixel_counts = self.cluster_and_update(x, own.detach(), logits.detach(), labels)
+        self._latest_pixel_counts = pixel_counts
+        valid = targets >= 0
+        # the target is one of the pixel's own-class prototypes: its similarity is a column of own
+        assigned = torch.where(valid, targets - labels * self.num_prototypes, torch.zeros_like(labels))
+        target_sim = own.gather(1, assigned[:, None]).squeeze(1)  # (N,)
+        losses = {
+            "loss_ppc": self.ppc_weight * ppc_loss_from_parts(lse, target_sim, valid, self.ppc_temperature),
+            "loss_ppd": self.ppd_weight * ppd_loss_from_parts(target_sim, valid, self.distance),
+        }
+        return PrototypeLearning(logits, losses, targets, pixel_counts)
+
+    @property
+    def latest_statistics(self) -> Dict[str, torch.Tensor]:
+        """Statistics of the latest prototype update (0-dim tensors; empty before the first):
+        "used_share" of the update's pixel counts and "intra_class_cosine" of the current
+        prototypes, computed here when read (by a trainer hook) rather than in every step."""
+        if self._latest_pixel_counts is None:
+            return {}
+        return {
+            "used_share": self.used_share(self._latest_pixel_counts),
+            "intra_class_cosine": self.intra_class_cosine(),
+        }
 
     @torch.no_grad()
     def broadcast_(self, src: int = 0) -> None:
@@ -119,11 +249,15 @@ class PrototypeMemory(nn.Module):
         """
         return proto_logits.view(proto_logits.shape[0], self.num_classes, self.num_prototypes).max(-1).values
 
-    def nearest_class_scores(self, x: torch.Tensor, chunk_size: int = 0, precision: str = "float32") -> torch.Tensor:
-        """Eq. 5-6 at inference, without the (N, C*K) matrix in class-major order: (N, D)
-        embeddings -> (N, C) similarity to each class's nearest prototype, ``chunk_size`` pixels
-        at a time if > 0, the product in ``precision`` (MODEL.PROTOSEG.SIMILARITY_PRECISION; see
-        :func:`~protoseg.modeling.prototype_scores.nearest_prototype_scores`)."""
+    def nearest_class_scores(
+        self, x: torch.Tensor, chunk_size: Optional[int] = None, precision: Optional[str] = None
+    ) -> torch.Tensor:
+        """Eq. 5-6 at inference: (N, D) embeddings -> (N, C) similarity to each class's nearest
+        prototype, without the (N, C*K) matrix in class-major order, ``chunk_size`` pixels at a
+        time and the product in ``precision`` (default: the memory's own; see
+        :func:`~protoseg.modeling.prototypes.scores.nearest_prototype_scores`)."""
+        chunk_size = self.chunk_size if chunk_size is None else chunk_size
+        precision = self.similarity_precision if precision is None else precision
         return nearest_prototype_scores(x, self.prototypes, self.distance, self.huber_delta, chunk_size, precision)
 
     @torch.no_grad()
@@ -168,7 +302,7 @@ class PrototypeMemory(nn.Module):
     @torch.no_grad()
     def cluster_and_update(
         self, x: torch.Tensor, own_scores: torch.Tensor, class_scores: torch.Tensor, labels: torch.Tensor
-    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """One iteration of prototype learning (Sec. 3.3): cluster, then update the memory.
 
         Args:
@@ -176,7 +310,7 @@ class PrototypeMemory(nn.Module):
             of their own class, before the update. class_scores: (N, C) the model's class scores
             (for the correct-only rule). labels: (N,) int64, anything outside [0, C) ignored.
         Returns:
-            (PPC/PPD targets (N,) with -1 for ignored pixels, statistics of :meth:`update`).
+            (PPC/PPD targets (N,) with -1 for ignored pixels, (C, K) pixel counts of :meth:`update`).
         """
         targets, update_targets = self.assign(own_scores, labels)
         if self.update_from_correct_only:
@@ -185,7 +319,7 @@ class PrototypeMemory(nn.Module):
         return targets, self.update(x, update_targets)
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor, update_targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def update(self, x: torch.Tensor, update_targets: torch.Tensor) -> torch.Tensor:
         """Momentum update of every prototype that received pixels (Eq. 14), synchronised.
 
         For prototype (c, k) with assigned pixel embeddings {x_i}: m = l2norm(sum_i x_i) (cosine;
@@ -198,9 +332,9 @@ class PrototypeMemory(nn.Module):
             x: (N, D) pixel embeddings (detached inside).
             update_targets: (N,) int64 prototype index c*K + k, -1 for pixels that do not update.
         Returns:
-            {"pixel_counts": (C, K) update pixels each prototype received (global over ranks)}, a
-            device tensor (no host sync); :meth:`used_share` and :meth:`intra_class_cosine` turn
-            it and the prototypes into the logged statistics when they are read.
+            (C, K) update pixels each prototype received (global over ranks), a device tensor (no
+            host sync); :meth:`used_share` and :meth:`intra_class_cosine` turn it and the
+            prototypes into the logged statistics when they are read.
         """
         C, K, D = self.num_classes, self.num_prototypes, self.dim
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -211,7 +345,7 @@ class PrototypeMemory(nn.Module):
             stats = x.new_zeros((C * K + 1) * (D + 1))
             sums = stats[: (C * K + 1) * D].view(C * K + 1, D).index_add_(0, slot, x)
             counts = stats[(C * K + 1) * D :].index_add_(0, slot, torch.ones_like(x[:, 0]))
-            _world_reduce(stats)
+            world_all_reduce(stats)
             sums, counts = sums[: C * K], counts[: C * K]
             if self.normalized:
                 centres = F.normalize(sums, dim=1)
@@ -224,7 +358,7 @@ class PrototypeMemory(nn.Module):
             # a row sum is finite iff the row is (for the magnitudes of embeddings)
             keep = (counts > 0) & torch.isfinite(new.sum(dim=1))
             self.prototypes.copy_(torch.where(keep[:, None], new, old).view(C, K, D))
-        return {"pixel_counts": counts.view(C, K)}
+        return counts.view(C, K)
 
     @staticmethod
     def used_share(pixel_counts: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,8 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
-from ..losses import class_weight_tensor, upsampled_cross_entropy
-from .fcn import FCNDecoder
+from ..decoders.fcn import FCNDecoder
+from .cross_entropy import class_weight_tensor, upsampled_cross_entropy
 
 __all__ = ["AuxiliaryFCNHead", "build_auxiliary_head"]
 
