@@ -16,14 +16,14 @@ O(N * C * K), at the price of one more product.
 Layout. Internally the similarity matrix is computed prototype-major, column k*C + c (a (N, K, C)
 view), not class-major c*K + k: the maximum over K is then an elementwise maximum of K contiguous
 (N, C) slices, which vectorises over the classes, where a reduction over an innermost dimension of
-size 10 does not (measured on 2 CPU threads, N = 8192, C = 847: 10 ms against 107 ms for
-``max(dim=-1)`` with indices). Everything returned is in the public class-major order.
+size 10 does not (docs/BENCHMARKS.md, "Measurements behind the code"). Everything returned is in
+the public class-major order.
 
 Passes. The forward makes, after the product, one pass for the class maximum and its argmax (on
 CPU from 64 classes on: an ``amax``, then the argmax in cached row blocks), and three for the PPC
 log-sum-exp: ``(S - m_i) / tau`` in one fused ``add``, ``exp_`` and a row sum, where
-m_i = max_c scores[i, c] is the row maximum, read off the class scores for free. The buffer then holds exp((S - m_i) / tau), which is softmax(S / tau) up
-to a per-row factor; the backward scales it in place (one pass) instead of recomputing the softmax.
+m_i = max_c scores[i, c] is the row maximum, read off the class scores for free. The buffer then
+holds exp((S - m_i) / tau), which is softmax(S / tau) up to a per-row factor; the backward scales it in place (one pass) instead of recomputing the softmax.
 """
 from contextlib import contextmanager
 from typing import Iterator, Tuple
@@ -32,7 +32,9 @@ import torch
 
 from .distances import pairwise_similarity
 
-__all__ = ["prototype_scores", "own_class_similarities", "nearest_prototype_scores", "SIMILARITY_PRECISIONS"]
+__all__ = [
+    "prototype_scores", "class_maxima", "own_class_similarities", "nearest_prototype_scores", "SIMILARITY_PRECISIONS"
+]
 
 #: MODEL.PROTOSEG.SIMILARITY_PRECISION: precision of the cosine product x @ P^T (training forward,
 #: the backward's products for the gradient of x, and inference). "float32": exact float32 (the
@@ -78,10 +80,9 @@ def _bf16_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     (tensor cores). Elsewhere (CPU, which has no ``out_dtype`` kernel; or a product recorded for
     autograd, which ``out_dtype`` lacks): the product of the bfloat16 values computed in float32
     (products of bfloat16 numbers are exact in float32; only the order of the sums differs), as fast
-    as float32. A bfloat16 product cast up instead (``torch.mm(a, b).float()``) rounds the output
-    to 8 bits too: on random unit vectors (N = 4096, K = 10, D = 64) it changes the class argmax
-    of 1.3 % (C = 19) and 1.5 % (C = 150) of the pixels, against 0.4 % and 0.6 % without the
-    output rounding. Autocast is off inside (it would recast the inputs)."""
+    as float32. Not a bfloat16 product cast up (``torch.mm(a, b).float()``): that rounds the output
+    to 8 bits too, which changes about three times as many class argmaxes (docs/BENCHMARKS.md).
+    Autocast is off inside (it would recast the inputs)."""
     with torch.autocast(device_type=a.device.type, enabled=False):
         if a.is_cuda and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
             return torch.mm(a, b, out_dtype=torch.float32)
@@ -94,6 +95,16 @@ def _product(x: torch.Tensor, protos: torch.Tensor, protos_bf16) -> torch.Tensor
     if protos_bf16 is None:
         return x @ protos.t()
     return _bf16_mm(x.bfloat16(), protos_bf16.t())
+
+
+def class_maxima(proto_logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Eq. 6: score of a class = similarity to its nearest prototype. (N, C*K) similarities in
+    class-major order -> (N, C).
+
+    ``max(...).values`` rather than ``amax``: its backward is a scatter of N*C values, where amax's
+    is several passes over the whole (N, C, K) tensor.
+    """
+    return proto_logits.view(proto_logits.shape[0], num_classes, -1).max(-1).values
 
 
 def own_class_similarities(proto_logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -128,8 +139,7 @@ def nearest_prototype_scores(
     Returns:
         (N, C) max_k sim(x_i, p_{c,k}); no (N, C*K) tensor other than the similarities themselves.
         For cosine the result is the transpose of a contiguous (C, N) tensor: the product is
-        computed as P @ x^T, (C*K, N), which MKL runs markedly faster than x @ P^T (2 CPU threads,
-        N = 2048, D = 256: 8.9 ms against 14.8 ms at C*K = 1500; 72 ms against 99 ms at 8470), and
+        computed as P @ x^T, (C*K, N), which MKL runs faster than x @ P^T (docs/BENCHMARKS.md), and
         the maximum over K is then an elementwise maximum of K contiguous (C, N) slabs.
     """
     _check_precision(precision)
@@ -163,8 +173,7 @@ def _class_max(view: torch.Tensor, scores: torch.Tensor, best: torch.Tensor) -> 
     n, K, C = view.shape
     if view.is_cuda or C < _MIN_CLASSES_BLOCKED_ARGMAX or K > 255:
         # CUDA reduces over dim 1 well; on CPU the blocked form pays off from ~50 classes on
-        # (2 threads, N = 8192: C = 19: 2.0 ms against 3.5 ms; C = 150: 18 ms against 10 ms).
-        # (The blocked form's uint8 weights need K <= 255.)
+        # (docs/BENCHMARKS.md). (The blocked form's uint8 weights need K <= 255.)
         torch.max(view, dim=1, out=(scores, best))
         return
     torch.amax(view, dim=1, out=scores)
@@ -276,5 +285,5 @@ def prototype_scores(
         with matmul_precision(precision):
             logits = pairwise_similarity(x, flat, distance, huber_delta)  # (N, C*K)
         own = own_class_similarities(logits, labels, C)
-        scores = logits.view(-1, C, K).max(dim=2).values
+        scores = class_maxima(logits, C)
         return scores, own, torch.logsumexp(logits / temperature, dim=1)

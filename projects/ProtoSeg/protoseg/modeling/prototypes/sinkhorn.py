@@ -69,7 +69,7 @@ def sinkhorn_knopp(
         scores = scores.detach().float()
         labels = labels.long()
         # Flat (class, prototype) slot of every entry of the (n, K) matrix: per-class-and-prototype
-        # sums are then 1-D index_add_ calls (on CPU ~4x faster than index_add_ of (n, K) rows).
+        # sums are then 1-D index_add_ calls (on CPU faster than index_add_ of (n, K) rows).
         slots = labels[:, None] * num_protos + torch.arange(num_protos, device=scores.device)
         # Per-class shift: the largest score of the class (global over ranks).
         class_max = scores.new_full((num_classes,), float("-inf"))
