@@ -184,7 +184,8 @@ def test_choices_are_the_modules():
     from protoseg.modeling.decoders.hrnet import HRNET_VARIANTS
     from protoseg.modeling.decoders.segformer import SEGFORMER_VARIANTS
     from protoseg.modeling.prototypes.distances import DISTANCES
-    from protoseg.modeling.heads.protoseg_head import CLASS_SCORE_NORMS, PROJECTIONS
+    from protoseg.modeling.heads.protoseg_head import PROJECTIONS
+    from protoseg.modeling.heads.score_norm import CLASS_SCORE_NORMS
     from protoseg.modeling.prototypes.memory import ASSIGNMENTS
     from protoseg.modeling.prototypes.scores import SIMILARITY_PRECISIONS
     from protoseg.solver import OPTIMIZERS

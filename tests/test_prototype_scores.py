@@ -230,7 +230,7 @@ def trained_pixels(trained_toy_checkpoint):
     from detectron2.data.detection_utils import read_image
     from detectron2.modeling import build_model
 
-    from protoseg.modeling.heads.base import resize_labels
+    from protoseg.modeling.heads.protoseg_head import resize_labels
 
     cfg, weights = trained_toy_checkpoint
     model = build_model(cfg)

@@ -7,13 +7,7 @@ from torch import nn
 
 from .cross_entropy import class_weight_tensor, upsampled_cross_entropy
 
-__all__ = ["DecoderClassifierHead", "resize_labels"]
-
-
-def resize_labels(labels: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of label maps (B, H, W) -> (B, h, w), int64, any label range."""
-    resized = F.interpolate(labels[:, None].float(), size=size, mode="nearest")
-    return resized[:, 0].long()
+__all__ = ["DecoderClassifierHead"]
 
 
 class DecoderClassifierHead(nn.Module):

@@ -11,12 +11,18 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from ..decoders import build_decoder
 from ..prototypes import PrototypeMemory
 from .auxiliary import build_auxiliary_head
-from .base import DecoderClassifierHead, resize_labels
+from .base import DecoderClassifierHead
+from .score_norm import build_class_score_norm
 
 __all__ = ["ProtoSegHead"]
 
-CLASS_SCORE_NORMS = ("layernorm", "temperature")
 PROJECTIONS = ("none", "mlp", "reference_mlp")
+
+
+def resize_labels(labels: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of label maps (B, H, W) -> (B, h, w), int64, any label range."""
+    resized = F.interpolate(labels[:, None].float(), size=size, mode="nearest")
+    return resized[:, 0].long()
 
 
 def mlp_layers(dim: int):
@@ -98,16 +104,13 @@ class ProtoSegHead(DecoderClassifierHead):
         dim = decoder.out_channels
         if memory.dim != dim or memory.num_classes != num_classes:
             raise ValueError(f"prototype memory {memory.extra_repr()} does not fit C={num_classes}, D={dim}")
-        if class_score_norm not in CLASS_SCORE_NORMS:
-            raise ValueError(f"MODEL.PROTOSEG.CLASS_SCORE_NORM must be one of {CLASS_SCORE_NORMS}, got {class_score_norm!r}")
         if projection not in PROJECTIONS:
             raise ValueError(f"MODEL.PROTOSEG.PROJECTION must be one of {PROJECTIONS}, got {projection!r}")
         self.memory = memory
         self.warmup_iters = warmup_iters
-        self.class_score_temperature = class_score_temperature
         self.projection = build_projection(projection, dim)
         self.feature_norm = nn.LayerNorm(dim) if feature_layernorm else nn.Identity()
-        self.score_norm = nn.LayerNorm(num_classes) if class_score_norm == "layernorm" else None
+        self.score_norm = build_class_score_norm(class_score_norm, num_classes, class_score_temperature)
         # Training forwards seen so far: decides the warm-up and is restored on resume.
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self._warmup_done = warmup_iters <= 0
@@ -148,7 +151,7 @@ class ProtoSegHead(DecoderClassifierHead):
 
     def normalize_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """(N, C) nearest-prototype similarities -> logits: LayerNorm over classes or 1/T."""
-        return self.score_norm(scores) if self.score_norm is not None else scores / self.class_score_temperature
+        return self.score_norm(scores)
 
     def class_scores(self, embedding: torch.Tensor) -> torch.Tensor:
         b, _, h, w = embedding.shape
@@ -163,7 +166,7 @@ class ProtoSegHead(DecoderClassifierHead):
         labels = resize_labels(targets, (h, w)).flatten()  # (N,)
         frozen = not self._prototype_learning_active()
         self.iteration += 1
-        learning = self.memory.learn(x, labels, self.normalize_scores, frozen=frozen)
+        learning = self.memory.learn(x, labels, self.score_norm, frozen=frozen)
         return self._score_map(learning.class_logits, b, h, w), learning.losses
 
     def _score_map(self, logits: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
