@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from protoseg.config import load_config
-from protoseg.data import register_toy_scenes
+if not torch.cuda.is_available():
+    # Triton kernels (modeling/prototypes/triton_scores.py) run on CPU tensors in Triton's
+    # interpreter, which triton.jit chooses when a kernel (also one of triton.language's own) is
+    # defined: before anything imports triton, which importing protoseg does. (torch does not.)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from protoseg.config import load_config  # noqa: E402
+from protoseg.data import register_toy_scenes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # the modules beside the scripts: datasets/toy_scenes.py (the toy-data generator), tools/studies.py

@@ -62,13 +62,22 @@ def _interpreting() -> bool:
 if triton is not None:
 
     @triton.jit
+    def _round_to_bfloat16(v):
+        """float32 -> the nearest bfloat16 value (ties to even), still float32. By its bits: the
+        interpreter's float32 -> bfloat16 cast truncates instead of rounding (NaN is not handled)."""
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
     def _tile_similarities(
         x_ptr, p_ptr, rows64, row_mask, cols, col_mask, k, C, D, stride_x, stride_p,
         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, BF16: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, BF16_DOT: tl.constexpr,
     ):
         """(BLOCK_N, BLOCK_C) tile S[rows, k*C + cols] = x[rows] . P[k*C + cols], float32;
-        0 where a row or a column is out of range."""
+        0 where a row or a column is out of range. BF16_DOT: multiply as bfloat16 (the inputs
+        are bfloat16 values already), accumulate in float32."""
         proto_rows64 = (k * C + cols).to(tl.int64)
         acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
@@ -78,7 +87,7 @@ if triton is not None:
                          mask=row_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
             ps = tl.load(p_ptr + proto_rows64[None, :] * stride_p + d[:, None],
                          mask=col_mask[None, :] & d_mask[:, None], other=0.0)  # (BLOCK_D, BLOCK_C)
-            if BF16:
+            if BF16_DOT:
                 xs = xs.to(tl.bfloat16)
                 ps = ps.to(tl.bfloat16)
             acc = tl.dot(xs, ps, acc, input_precision=INPUT_PRECISION)
@@ -89,7 +98,7 @@ if triton is not None:
         x_ptr, p_ptr, labels_ptr, scores_ptr, best_ptr, own_ptr, row_max_ptr, row_sum_ptr,
         N, C, K, D, inv_tau, stride_x, stride_p,
         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, BF16: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, BF16_DOT: tl.constexpr,
     ):
         """One program: pixels [pid * BLOCK_N, (pid + 1) * BLOCK_N).
 
@@ -114,7 +123,7 @@ if triton is not None:
             for k in range(0, K):
                 s = _tile_similarities(x_ptr, p_ptr, rows64, row_mask, cols, col_mask, k, C, D,
                                        stride_x, stride_p, BLOCK_N, BLOCK_C, BLOCK_D,
-                                       INPUT_PRECISION, BF16)
+                                       INPUT_PRECISION, BF16_DOT)
                 s = tl.where(col_mask[None, :], s, float("-inf"))
                 # class maximum over k; strict >: the first k wins a tie (k = 0 always beats -inf)
                 better = s > top
@@ -139,7 +148,7 @@ if triton is not None:
         x_ptr, p_ptr, labels_ptr, best_ptr, row_max_ptr, coef_ptr, grad_scores_ptr, grad_own_ptr,
         grad_x_ptr, N, C, K, D, inv_tau, stride_x, stride_p,
         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, BF16: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr, BF16_DOT: tl.constexpr,
     ):
         """One program: pixels [pid * BLOCK_N, (pid + 1) * BLOCK_N).
 
@@ -165,21 +174,23 @@ if triton is not None:
             for k in range(0, K):
                 s = _tile_similarities(x_ptr, p_ptr, rows64, row_mask, cols, col_mask, k, C, D,
                                        stride_x, stride_p, BLOCK_N, BLOCK_C, BLOCK_D,
-                                       INPUT_PRECISION, BF16)
+                                       INPUT_PRECISION, BF16_DOT)
                 grad_own_k = tl.load(grad_own_ptr + rows64 * K + k, mask=row_mask, other=0.0)
                 g = coef[:, None] * tl.exp((s - m[:, None]) * inv_tau)
                 g += tl.where(best == k, grad_scores, 0.0)
                 g += tl.where(is_own, grad_own_k[:, None], 0.0)
                 g = tl.where(tile_mask, g, 0.0)
-                if BF16:
-                    g = g.to(tl.bfloat16)
+                if ROUND_BF16:
+                    g = _round_to_bfloat16(g)
+                if BF16_DOT:
+                    g = g.to(tl.bfloat16)  # exact: already a bfloat16 value
                 proto_rows64 = (k * C + cols).to(tl.int64)
                 for d0 in range(0, D, BLOCK_D):
                     d = d0 + tl.arange(0, BLOCK_D)
                     d_mask = d < D
                     ps = tl.load(p_ptr + proto_rows64[:, None] * stride_p + d[None, :],
                                  mask=col_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_C, BLOCK_D)
-                    if BF16:
+                    if BF16_DOT:
                         ps = ps.to(tl.bfloat16)
                     gx_ptrs = grad_x_ptr + rows64[:, None] * D + d[None, :]
                     gx_mask = row_mask[:, None] & d_mask[None, :]
@@ -188,6 +199,13 @@ if triton is not None:
                     tl.store(gx_ptrs, gx, mask=gx_mask)
                     # the next read of these addresses may come from other threads of the program
                     tl.debug_barrier()
+
+
+def _bf16_dot(precision: str) -> bool:
+    """Whether the kernels multiply bfloat16 tensors (tensor cores) for ``precision``. Not under the
+    interpreter, whose bfloat16 products are wrong: there the same bfloat16 values are multiplied
+    as float32, which gives the same float32-accumulated products."""
+    return precision == "bfloat16" and not _interpreting()
 
 
 def _check_runnable(x: torch.Tensor) -> None:
@@ -223,6 +241,8 @@ class TritonCosineScores(torch.autograd.Function):
         x = x.contiguous()
         protos = protos.contiguous()
         labels = labels.contiguous()
+        if precision == "bfloat16":  # the products' inputs; both kernels multiply these
+            x, protos = x.bfloat16().float(), protos.bfloat16().float()
         n, D = x.shape
         C = num_classes
         K = protos.shape[0] // C
@@ -236,7 +256,7 @@ class TritonCosineScores(torch.autograd.Function):
                 x, protos, labels, scores, best, own, row_max, row_sum,
                 n, C, K, D, 1.0 / temperature, x.stride(0), protos.stride(0),
                 BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_D=block_d,
-                INPUT_PRECISION=_INPUT_PRECISION[precision], BF16=precision == "bfloat16",
+                INPUT_PRECISION=_INPUT_PRECISION[precision], BF16_DOT=_bf16_dot(precision),
             )
         lse = row_max / temperature + row_sum.log()
         ctx.save_for_backward(x, protos, labels, best, row_max, row_sum)
@@ -259,7 +279,8 @@ class TritonCosineScores(torch.autograd.Function):
                 grad_scores.float().contiguous(), grad_own.float().contiguous(), grad_x,
                 n, C, K, D, 1.0 / tau, x.stride(0), protos.stride(0),
                 BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_D=block_d,
-                INPUT_PRECISION=_INPUT_PRECISION[ctx.precision], BF16=ctx.precision == "bfloat16",
+                INPUT_PRECISION=_INPUT_PRECISION[ctx.precision], ROUND_BF16=ctx.precision == "bfloat16",
+                BF16_DOT=_bf16_dot(ctx.precision),
             )
         return grad_x, None, None, None, None, None, None, None
 
