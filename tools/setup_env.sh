@@ -6,8 +6,10 @@
 #
 # Usage: bash tools/setup_env.sh [--force] [--dev]   (from any directory; no prompts, CI-safe)
 #   --force        ignore the up-to-date stamp and run every step again
-#   --dev          also the optional extras the tests need: export (onnx, onnxruntime), web (gradio)
-#                  and selenium (tools/run_tests.sh passes it; training needs none of them)
+#   --dev          also the optional extras the tests need: export (onnx, onnxruntime), web (gradio),
+#                  selenium, and on Linux triton (tests/test_triton_scores.py, in Triton's CPU
+#                  interpreter; the CUDA torch wheels already depend on it) (tools/run_tests.sh
+#                  passes it; training needs none of them)
 #   PYTHON=...     base interpreter for a new venv (default: python3)
 #
 # Only the package registries pip is configured with are contacted. A second run when nothing
@@ -27,7 +29,7 @@ for arg in "$@"; do
     case "$arg" in
         --force) FORCE=1 ;;
         --dev) DEV=1 ;;
-        -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup_env.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -74,7 +76,12 @@ EOF
     )
 }
 
-check_dev_imports() { (cd / && "$PY" -c "import onnx, onnxruntime, gradio, selenium") >/dev/null 2>&1; }
+# triton: Linux wheels only (a 250 MB download, about 900 MB installed, when torch did not bring it)
+TRITON_REQ='triton; sys_platform == "linux"'
+check_dev_imports() {
+    (cd / && "$PY" -c "import sys, onnx, onnxruntime, gradio, selenium
+if sys.platform == 'linux': import triton") >/dev/null 2>&1
+}
 
 # --- 1. virtual environment ----------------------------------------------------------------
 if [[ ! -x "$PY" ]]; then
@@ -119,9 +126,9 @@ log "installing protoseg (editable) and pytest"
 EXTRAS=datasets
 TEST_TOOLS=(pytest pytest-timeout)
 if [[ "$DEV" == 1 ]]; then
-    log "--dev: also the export and web extras (onnx, onnxruntime, gradio) and selenium"
+    log "--dev: also the export and web extras (onnx, onnxruntime, gradio), selenium and (Linux) triton"
     EXTRAS=datasets,export,web
-    TEST_TOOLS+=(selenium)
+    TEST_TOOLS+=(selenium "$TRITON_REQ")
 fi
 pip_q install -e "$ROOT[$EXTRAS]" "${TEST_TOOLS[@]}" "setuptools>=78.1.1,<82" \
     || die "pip install -e $ROOT[$EXTRAS] (protoseg) / ${TEST_TOOLS[*]} failed"
@@ -129,7 +136,7 @@ pip_q install -e "$ROOT[$EXTRAS]" "${TEST_TOOLS[@]}" "setuptools>=78.1.1,<82" \
 # --- 5. check --------------------------------------------------------------------------------
 check_imports || die "import detectron2.modeling, detectron2.evaluation, detectron2.engine, protoseg failed (see above)"
 if [[ "$DEV" == 1 ]]; then
-    check_dev_imports || die "import onnx, onnxruntime, gradio, selenium failed after the --dev installs"
+    check_dev_imports || die "import onnx, onnxruntime, gradio, selenium (, triton) failed after the --dev installs"
     inputs_hash > "$DEV_STAMP"
 fi
 inputs_hash > "$STAMP"
