@@ -21,8 +21,13 @@ pixel rows, so no atomics are needed, and D (hundreds) is too wide for a registe
 
 Triton is optional: this module imports without it, :func:`triton_available` says whether it can
 run, and nothing else of the package uses it unless asked. The kernels run on CUDA tensors, or on
-CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1`` in the environment *before* this
-module is imported: ``triton.jit`` decides at definition time).
+CPU tensors under the Triton interpreter: ``TRITON_INTERPRET=1`` in the environment before triton
+is first imported (``triton.jit`` decides at definition time, for triton.language's own helpers
+too; importing protoseg imports triton). tests/conftest.py sets it on machines without CUDA.
+
+Precision "bfloat16": x and P are rounded to bfloat16 values on the host (a float32 copy of x), g
+in the kernel; the products accumulate in float32, on CUDA as bfloat16 tensor-core products, under
+the interpreter (whose bfloat16 products are wrong) as float32 products of the same values.
 """
 import os
 from typing import Optional, Tuple
@@ -54,7 +59,7 @@ _INPUT_PRECISION = {"float32": "ieee", "tf32": "tf32", "bfloat16": "ieee"}
 
 def triton_available() -> bool:
     """Whether Triton is importable. The kernels additionally need CUDA tensors, or the
-    interpreter (``TRITON_INTERPRET=1`` set before this module was imported) for CPU tensors."""
+    interpreter (``TRITON_INTERPRET=1`` set before triton was imported) for CPU tensors."""
     return triton is not None
 
 
@@ -217,7 +222,7 @@ def _check_runnable(x: torch.Tensor) -> None:
     if not x.is_cuda and not _interpreting():
         raise RuntimeError(
             "the Triton prototype-score kernels run on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
-            "before importing protoseg.modeling.prototypes.triton_scores (the interpreter, slow)"
+            "before triton is first imported (the interpreter, slow)"
         )
 
 
@@ -231,8 +236,8 @@ class TritonCosineScores(torch.autograd.Function):
     ``chunk_size`` is accepted and ignored (nothing of size N x C*K is ever kept);
     ``precision`` is one of :data:`.scores.SIMILARITY_PRECISIONS` and applies to both products;
     ``blocks``: (BLOCK_N, BLOCK_C, BLOCK_D), default :data:`DEFAULT_BLOCKS`.
-    Saved for the backward: x, protos, labels, best (N, C) int32, row max and the coefficient
-    of the softmax term (N,) each.
+    Saved for the backward: x, protos, labels, best (N, C) int32 (the first argmax over k), the
+    row maximum m and the row sum l of the log-sum-exp (N,) each.
     """
 
     @staticmethod
