@@ -198,6 +198,31 @@ def test_detectron2_pkl_weights_load(toy_dataset, tmp_path, protocol):
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
+@pytest.mark.parametrize("layout", ["model zoo", "caffe2 detection", "caffe2 imagenet"])
+def test_pkl_is_read_as_detectron2_reads_it(tmp_path, monkeypatch, layout):
+    """The restricted reader gives the checkpoint Detectron2's own (plain pickle) reader gives, for
+    each .pkl layout: model zoo as it is; Caffe2 "blobs" or top-level weights without the
+    "_momentum" blobs, with the matching heuristics."""
+    monkeypatch.delenv(TRUST_PICKLE_ENV, raising=False)
+    weights = {"conv1_w": np.arange(6, dtype=np.float32).reshape(2, 3), "conv1_w_momentum": np.ones((2, 3)),
+               "fc_b": np.zeros(4, dtype=np.float32)}
+    data = {
+        "model zoo": {"model": weights, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True},
+        "caffe2 detection": {"blobs": weights, "cfg": "MODEL: {}"},
+        "caffe2 imagenet": weights,
+    }[layout]
+    path = str(tmp_path / "weights.pkl")
+    with open(path, "wb") as f:
+        pickle.dump(data, f, protocol=2)
+    model = build_model(toy_cfg(PARAMETRIC))
+    ours, detectron2s = ProtoSegCheckpointer(model)._load_file(path), DetectionCheckpointer(model)._load_file(path)
+    assert ours.keys() == detectron2s.keys() and ours["model"].keys() == detectron2s["model"].keys()
+    assert all(np.array_equal(ours["model"][k], detectron2s["model"][k]) for k in ours["model"])
+    assert {k: v for k, v in ours.items() if k != "model"} == {k: v for k, v in detectron2s.items() if k != "model"}
+    if layout != "model zoo":
+        assert set(ours["model"]) == {"conv1_w", "fc_b"} and ours["matching_heuristics"] is True
+
+
 def test_pkl_with_pickled_code_is_refused_before_it_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(TRUST_PICKLE_ENV, raising=False)

@@ -3,6 +3,7 @@ bit-identical on every rank after every iteration of a real ``train_net.py --num
 sync check stops training otherwise), and evaluation gives the same numbers on 1 and 2 processes."""
 import csv
 import os
+import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -11,7 +12,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from detectron2.utils import comm
+
 from protoseg.engine.hooks import PrototypeSyncCheckHook
+from protoseg.engine.launch import create_local_process_group, find_free_port
 from protoseg.modeling import PrototypeMemory
 
 from conftest import REPO, run_in_processes
@@ -52,6 +56,23 @@ def test_sync_check_passes_identical_and_stops_on_one_bit_of_difference(tmp_path
     outcomes = run_sync_check(tmp_path, perturb=True)
     for text in outcomes:  # every rank stops, with the iteration and the rank at fault
         assert "differs across processes after iteration 6: ranks [1]" in text
+
+
+def test_free_port_can_be_bound_and_listened_on():
+    port = find_free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+
+
+def test_local_process_group_is_detectron2s_where_it_has_the_function(monkeypatch):
+    """Detectron2 after v0.6: its public ``comm.create_local_process_group``; v0.6 (none): no group."""
+    calls = []
+    monkeypatch.setattr(comm, "create_local_process_group", calls.append, raising=False)
+    assert create_local_process_group(3) is True and calls == [3]
+    monkeypatch.delattr(comm, "create_local_process_group")
+    assert create_local_process_group(3) is False
 
 
 def train_net(*args, env, timeout=600):

@@ -25,12 +25,10 @@ import os
 import pickle
 import re
 from typing import Iterable, Optional, Sequence
-from unittest import mock
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.checkpoint import detection_checkpoint
 from detectron2.utils.file_io import PathManager
 from fvcore.common.checkpoint import _filter_reused_missing_keys, _IncompatibleKeys
 
@@ -122,17 +120,6 @@ def load_pickled_weights(file, filename: str, encoding: str = "latin1"):
         raise
     except Exception as e:  # truncated / not a pickle: EOFError, UnpicklingError, ValueError, ...
         raise _corrupt(filename, e) from e
-
-
-class _RestrictedPickle:
-    """Stands for the ``pickle`` module in Detectron2's ``.pkl`` reader: ``load`` is
-    :func:`load_pickled_weights`."""
-
-    def __init__(self, filename: str):
-        self.filename = filename
-
-    def load(self, file, encoding: str = "latin1"):
-        return load_pickled_weights(file, self.filename, encoding)
 
 
 def _trust_pickles() -> bool:
@@ -334,9 +321,23 @@ class ProtoSegCheckpointer(DetectionCheckpointer):
         if _trust_pickles():
             logger.warning("%s=1: reading %s with plain pickle", TRUST_PICKLE_ENV, filename)
             return super()._load_file(filename)
-        # Detectron2's reader (model zoo / Caffe2 layouts) with the restricted unpickler
-        with mock.patch.object(detection_checkpoint, "pickle", _RestrictedPickle(filename)):
-            return super()._load_file(filename)
+        with PathManager.open(filename, "rb") as f:
+            data = load_pickled_weights(f, filename, encoding="latin1")
+        return self._pickled_checkpoint(data)
+
+    def _pickled_checkpoint(self, data: dict) -> dict:
+        """The checkpoint of an unpickled ``.pkl``, as ``DetectionCheckpointer._load_file`` makes
+        it (the same in v0.6 and later): a Detectron2 model-zoo file ("model" and "__author__") as
+        it is; otherwise a Caffe2 / Detectron1 file, whose weights are under "blobs" (detection
+        models) or at the top (ImageNet models), without the "_momentum" blobs, loaded with
+        Detectron2's name-matching heuristics."""
+        if "model" in data and "__author__" in data:
+            self.logger.info("Reading a file from '{}'".format(data["__author__"]))
+            return data
+        if "blobs" in data:
+            data = data["blobs"]
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
     def _load_model(self, checkpoint):
         source = self._current_path or "checkpoint"

@@ -7,12 +7,19 @@ workers with the gloo backend (as later Detectron2 does); :func:`create_ddp_mode
 with ``device_ids`` left out for CPU models. Same arguments as Detectron2's, so
 ``train_net.py --num-gpus N`` means N processes per machine on either kind of machine.
 
+The CPU workers use public Detectron2 API only. Detectron2's per-machine process group (for
+``comm.get_local_rank`` / ``get_local_size``) is created with ``comm.create_local_process_group``
+where Detectron2 has it (after v0.6). v0.6 has no public way to create it, so there a CPU worker
+has none: nothing on the CPU path reads it (in v0.6 only its ``create_ddp_model`` calls
+``get_local_rank``, for GPU models, and :func:`create_ddp_model` does not call it for CPU models).
+
 In every process the main function runs through :func:`~protoseg.engine.console.run_reporting_worker_errors`:
 an error of a DataLoader worker is reported by its own message first.
 """
 import functools
 import logging
 import os
+import socket
 import sys
 
 import torch
@@ -22,12 +29,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.engine import launch as d2_launch
-from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
+from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.utils import comm
 
 from .console import run_reporting_worker_errors
 
-__all__ = ["launch", "create_ddp_model"]
+__all__ = ["launch", "create_ddp_model", "find_free_port"]
+
+
+def find_free_port() -> int:
+    """A TCP port that no socket of this machine is bound to now (the OS's pick for port 0).
+    Another process may still take it before it is used."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))  # every interface, as Detectron2's launch
+        return sock.getsockname()[1]
 
 
 def launch(
@@ -52,7 +67,7 @@ def launch(
     if dist_url == "auto":
         if num_machines != 1:
             raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT of machine 0")
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+        dist_url = f"tcp://127.0.0.1:{find_free_port()}"
     if not dist_url:
         raise ValueError("a multi-machine launch needs --dist-url tcp://HOST:PORT (machine 0's address)")
     mp.spawn(
@@ -72,10 +87,7 @@ def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, di
     except Exception:
         logging.getLogger(__name__).error("process group URL: %s", dist_url)
         raise
-    for machine in range(world_size // per_machine):
-        group = dist.new_group(list(range(machine * per_machine, (machine + 1) * per_machine)))
-        if machine == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
+    create_local_process_group(per_machine)
     comm.synchronize()
     run_reporting_worker_errors(main_func, *args)
     # Every rank is done and its files are written. Leave without interpreter teardown: gloo's
@@ -86,6 +98,17 @@ def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, di
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def create_local_process_group(per_machine: int) -> bool:
+    """Detectron2's per-machine process group of this process, with
+    ``comm.create_local_process_group`` (all processes call it together). Returns False, creating
+    nothing, on a Detectron2 without that function (v0.6): see the module docstring."""
+    create = getattr(comm, "create_local_process_group", None)
+    if create is None:
+        return False
+    create(per_machine)
+    return True
 
 
 def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:

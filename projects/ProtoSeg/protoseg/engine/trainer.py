@@ -1,13 +1,11 @@
 """The training and evaluation loop: Detectron2's ``DefaultTrainer`` with the project's loader,
 optimizer, schedule, evaluator, per-class report, prototype statistics, best checkpoint and
 checkpointer (which refuses weights that do not fit the model)."""
-import functools
 import logging
 import os
 import weakref
 from collections import OrderedDict
 from typing import Sequence
-from unittest import mock
 
 from detectron2.config import get_cfg
 from detectron2.data import (
@@ -16,10 +14,10 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import DefaultTrainer, hooks
-from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.modeling import build_model
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import ProtoSegCheckpointer
 from ..config import add_protoseg_config
@@ -43,10 +41,12 @@ _D2_SAVES_OPTIMIZER = "state_dict" in vars(DefaultTrainer)
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` for ProtoSeg and its parametric baselines.
 
-    Built as Detectron2's, with two parts swapped in: the training step is
+    Built part by part as ``DefaultTrainer.__init__`` builds it (same order, same calls of the
+    ``build_*`` classmethods), with three parts of the project's: the training step is
     :class:`ProtoSegTrainLoop` (skips a non-finite step instead of ending the run; AMP with
-    ``SOLVER.AMP.ENABLED``) and the DDP wrapper is :func:`create_ddp_model`, which also works for
-    CPU processes (gloo).
+    ``SOLVER.AMP.ENABLED``), the DDP wrapper is :func:`create_ddp_model`, which also works for CPU
+    processes (gloo), and the checkpointer is :class:`ProtoSegCheckpointer`. The rest (hooks,
+    ``train``, ``test``, ``state_dict``, ...) is ``DefaultTrainer``'s.
 
     The model is logged as one line of sizes (:func:`~protoseg.engine.console.model_summary`);
     set ``Trainer.print_model = True`` (``train_net.py --print-model``) to log its modules too.
@@ -56,13 +56,31 @@ class Trainer(DefaultTrainer):
     print_model = False
 
     def __init__(self, cfg):
-        train_loop = functools.partial(
-            ProtoSegTrainLoop, amp=cfg.SOLVER.AMP.ENABLED, skip_limit=cfg.SOLVER.NONFINITE_SKIP_LIMIT
+        # DefaultTrainer.__init__ (v0.6 to main), step by step, with the project's parts; so not
+        # super().__init__, which would build Detectron2's train loop, DDP wrapper and checkpointer.
+        TrainerBase.__init__(self)  # hooks list, iter = start_iter = 0
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # setup_logger not called yet
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        # in Detectron2's order
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = ProtoSegTrainLoop(
+            model, data_loader, optimizer, amp=cfg.SOLVER.AMP.ENABLED, skip_limit=cfg.SOLVER.NONFINITE_SKIP_LIMIT
         )
-        with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model), mock.patch.object(
-            d2_defaults, "SimpleTrainer", train_loop
-        ), mock.patch.object(d2_defaults, "AMPTrainer", train_loop):
-            super().__init__(cfg)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        # with logs and statistics in OUTPUT_DIR; saves the trainer's state_dict (iteration, hooks, ...)
+        self.checkpointer = ProtoSegCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_model(cls, cfg):
@@ -105,10 +123,6 @@ class Trainer(DefaultTrainer):
         return build_lr_scheduler(cfg, optimizer)
 
     def build_hooks(self):
-        # (DefaultTrainer.__init__ builds its checkpointer just before the hooks that keep it.)
-        self.checkpointer = ProtoSegCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
         hook_list = super().build_hooks()
         extra = [PrototypeStatisticsHook(period=20), PrototypeSyncCheckHook(self.cfg.MODEL.PROTOSEG.SYNC_CHECK_PERIOD)]
         if self.cfg.SOLVER.BEST_CHECKPOINT_METRIC and self.cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
