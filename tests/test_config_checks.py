@@ -35,6 +35,7 @@ BAD_VALUES = [
     ("MODEL.PROTOSEG.HUBER_DELTA", 0.0, "must be a number > 0"),
     ("MODEL.PROTOSEG.CHUNK_SIZE", -4096, "must be an integer >= 0"),
     ("MODEL.PROTOSEG.SIMILARITY_PRECISION", "fp16", "must be one of 'float32', 'tf32', 'bfloat16'"),
+    ("MODEL.PROTOSEG.SCORES_KERNEL", "cuda", "must be one of 'torch', 'triton'"),
     ("MODEL.PROTOSEG.INIT_STD", -0.02, "must be a number > 0"),
     ("MODEL.PROTOSEG.SYNC_CHECK_PERIOD", -1, "must be an integer >= 0"),
     ("MODEL.PARAMETRIC.NUM_PROTOTYPES", 0, "must be an integer >= 1"),
@@ -187,13 +188,14 @@ def test_choices_are_the_modules():
     from protoseg.modeling.heads.protoseg_head import PROJECTIONS
     from protoseg.modeling.heads.score_norm import CLASS_SCORE_NORMS
     from protoseg.modeling.prototypes.memory import ASSIGNMENTS
+    from protoseg.modeling.prototypes.memory import SCORES_KERNELS
     from protoseg.modeling.prototypes.scores import SIMILARITY_PRECISIONS
     from protoseg.solver import OPTIMIZERS
 
     modules = {
         "MODEL.PROTOSEG.ASSIGNMENT": ASSIGNMENTS, "MODEL.PROTOSEG.CLASS_SCORE_NORM": CLASS_SCORE_NORMS,
         "MODEL.PROTOSEG.PROJECTION": PROJECTIONS, "MODEL.PROTOSEG.DISTANCE": DISTANCES,
-        "MODEL.PROTOSEG.SIMILARITY_PRECISION": SIMILARITY_PRECISIONS,
+        "MODEL.PROTOSEG.SIMILARITY_PRECISION": SIMILARITY_PRECISIONS, "MODEL.PROTOSEG.SCORES_KERNEL": SCORES_KERNELS,
         "MODEL.SEM_SEG_HEAD.HRNET_VARIANT": HRNET_VARIANTS, "MODEL.SEM_SEG_HEAD.SEGFORMER_VARIANT": SEGFORMER_VARIANTS,
         "INPUT.SCALE_JITTER.MODE": SCALE_JITTER_MODES, "INPUT.PAD.POSITION": PAD_POSITIONS,
         "INPUT.PAD.IMAGE_VALUE": PAD_IMAGE_VALUES, "SOLVER.OPTIMIZER": OPTIMIZERS,

@@ -161,3 +161,57 @@ def test_the_module_imports_without_triton(monkeypatch):
     assert not copy.triton_available()
     with pytest.raises(RuntimeError, match="triton"):
         copy.triton_prototype_scores(torch.zeros(2, 4), torch.zeros(3, 1, 4), torch.zeros(2, dtype=torch.long))
+
+
+@needs_triton
+def test_a_training_step_with_the_triton_kernel_equals_the_torch_one(kernels, toy_dataset, tmp_path, monkeypatch):
+    """MODEL.PROTOSEG.SCORES_KERNEL triton through train_net's Trainer: two steps of the toy model
+    from the same seed give the losses, gradients and prototypes of the "torch" kernel."""
+    from detectron2.utils.env import seed_all_rng
+    from detectron2.utils.events import EventStorage
+
+    from protoseg.engine import Trainer
+
+    from conftest import toy_cfg
+
+    import protoseg.modeling.prototypes.memory as memory_module
+
+    module, device = kernels
+    calls = []
+    monkeypatch.setattr(memory_module, "triton_prototype_scores",
+                        lambda *args: calls.append(1) or module.triton_prototype_scores(*args))
+    results = {}
+    for kernel in ("torch", "triton"):
+        cfg = toy_cfg(opts=[
+            "MODEL.PROTOSEG.SCORES_KERNEL", kernel, "MODEL.DEVICE", device, "DATASETS.TRAIN", ("toy_test_train",),
+            "DATASETS.TEST", (), "SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 0, "INPUT.CROP.SIZE", (64, 64),
+            "SOLVER.MAX_ITER", 10, "SOLVER.WARMUP_ITERS", 0, "OUTPUT_DIR", str(tmp_path / kernel),
+        ])
+        seed_all_rng(0)
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        losses = []
+        with EventStorage(0) as storage:
+            trainer.storage = trainer._trainer.storage = storage
+            for it in range(2):
+                storage.iter = trainer._trainer.iter = it
+                trainer.run_step()
+                losses.append({k: v[0] for k, v in storage.latest().items() if k.startswith("loss_")})
+        head = trainer.model.sem_seg_head
+        results[kernel] = (losses, head.memory.prototypes.clone(), head.decoder.state_dict())
+    assert len(calls) == 2  # the triton run's two steps, none of the torch run's
+    (loss_t, protos_t, dec_t), (loss_k, protos_k, dec_k) = results["torch"], results["triton"]
+    for a, b in zip(loss_t, loss_k):
+        assert set(a) == set(b) == {"loss_ce", "loss_ppc", "loss_ppd"}
+        for name in a:
+            assert b[name] == pytest.approx(a[name], rel=1e-4, abs=1e-6), name
+    assert torch.allclose(protos_k, protos_t, atol=1e-5)
+    for name, value in dec_t.items():  # the second step's parameters carry the first step's gradients
+        assert torch.allclose(dec_k[name].float(), value.float(), rtol=1e-4, atol=1e-5), name
+
+
+def test_the_triton_kernel_is_refused_for_other_distances():
+    from protoseg.modeling.prototypes import PrototypeMemory
+
+    with pytest.raises(ValueError, match="SCORES_KERNEL triton computes cosine.*DISTANCE is 'huber'"):
+        PrototypeMemory(2, 2, 4, distance="huber", scores_kernel="triton")

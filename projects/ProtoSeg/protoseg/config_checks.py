@@ -223,6 +223,7 @@ RULES: Dict[str, Rule] = {
     "MODEL.PROTOSEG.HUBER_DELTA": _POSITIVE,
     "MODEL.PROTOSEG.CHUNK_SIZE": _COUNT,
     "MODEL.PROTOSEG.SIMILARITY_PRECISION": OneOf(("float32", "tf32", "bfloat16")),
+    "MODEL.PROTOSEG.SCORES_KERNEL": OneOf(("torch", "triton")),
     "MODEL.PROTOSEG.INIT_STD": _POSITIVE,
     "MODEL.PROTOSEG.SYNC_CHECK_PERIOD": _COUNT,
     # ---- the parametric baselines --------------------------------------------------------------

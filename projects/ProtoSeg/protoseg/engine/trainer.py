@@ -7,7 +7,6 @@ import weakref
 from collections import OrderedDict
 from typing import Sequence
 
-from detectron2.config import get_cfg
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -20,7 +19,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import ProtoSegCheckpointer
-from ..config import add_protoseg_config
+from ..config import load_config
 from ..data.mapper import SemSegDatasetMapper
 from ..evaluation import SemSegReportEvaluator, format_per_class_table
 from ..evaluation.report import format_summary_metrics
@@ -185,11 +184,7 @@ def setup_cfg(args):
     of Detectron2's ``default_setup`` (output dir, loggers, ``config.yaml``, seed) with a summary
     of the environment and the config (:func:`~protoseg.engine.console.setup_run`; the full config
     is logged too when ``args.print_config``)."""
-    cfg = get_cfg()
-    add_protoseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts, freeze=True)
     setup_run(cfg, args, print_config=getattr(args, "print_config", False))
     return cfg
 

@@ -68,6 +68,12 @@ def add_prototype_config(cfg):
     # tensor-core lever on the H200). Class maximum, log-sum-exp, Sinkhorn, the update and the
     # prototype buffer stay float32. Default float32 until GPU measurements choose.
     cfg.MODEL.PROTOSEG.SIMILARITY_PRECISION = "float32"
+    # Kernels of the training step's scores (class maxima, own-class similarities, PPC log-sum-exp;
+    # cosine): "torch" (PyTorch products on the N x C*K similarities, or chunks of them) or "triton"
+    # (fused Triton kernels that never hold the N x C*K matrix, prototypes/triton_scores.py; CUDA,
+    # or CPU under TRITON_INTERPRET=1; needs the triton package; CHUNK_SIZE does not apply).
+    # Inference always uses "torch". Default "torch" until GPU measurements choose.
+    cfg.MODEL.PROTOSEG.SCORES_KERNEL = "torch"
     # std of the truncated normal that initialises the prototypes before l2-normalisation
     # (reference code; reference issue #19 asked how prototypes are initialised).
     cfg.MODEL.PROTOSEG.INIT_STD = 0.02

@@ -30,10 +30,13 @@ from .scores import (
     prototype_scores,
 )
 from .sinkhorn import sinkhorn_knopp, world_all_reduce
+from .triton_scores import triton_available, triton_prototype_scores
 
 __all__ = ["PrototypeMemory", "PrototypeLearning"]
 
 ASSIGNMENTS = ("argmax", "gumbel")
+#: MODEL.PROTOSEG.SCORES_KERNEL: the training step's scores by PyTorch products or Triton kernels
+SCORES_KERNELS = ("torch", "triton")
 
 
 class PrototypeLearning(NamedTuple):
@@ -81,6 +84,7 @@ class PrototypeMemory(nn.Module):
         ppd_weight: float = 0.01,
         chunk_size: int = 0,
         similarity_precision: str = "float32",
+        scores_kernel: str = "torch",
     ):
         """
         Args:
@@ -98,6 +102,8 @@ class PrototypeMemory(nn.Module):
             chunk_size: pixels per chunk of the N x C*K similarities (0: one matrix), see
                 :func:`~protoseg.modeling.prototypes.scores.prototype_scores`.
             similarity_precision: of the cosine products, one of ``SIMILARITY_PRECISIONS``.
+            scores_kernel: "torch" or "triton" (:mod:`.triton_scores`, cosine only), the training
+                step's scores.
         """
         super().__init__()
         if distance not in DISTANCES:
@@ -111,6 +117,14 @@ class PrototypeMemory(nn.Module):
                 f"MODEL.PROTOSEG.SIMILARITY_PRECISION must be one of {SIMILARITY_PRECISIONS}, "
                 f"got {similarity_precision!r}"
             )
+        if scores_kernel not in SCORES_KERNELS:
+            raise ValueError(f"MODEL.PROTOSEG.SCORES_KERNEL must be one of {SCORES_KERNELS}, got {scores_kernel!r}")
+        if scores_kernel == "triton" and distance != "cosine":
+            raise ValueError(f"MODEL.PROTOSEG.SCORES_KERNEL triton computes cosine similarities; "
+                             f"MODEL.PROTOSEG.DISTANCE is {distance!r}")
+        if scores_kernel == "triton" and not triton_available():
+            raise ValueError("MODEL.PROTOSEG.SCORES_KERNEL triton needs the triton package "
+                             "(pip install triton; Linux), which is not importable")
         self.num_classes, self.num_prototypes, self.dim = num_classes, num_prototypes, dim
         self.momentum = momentum
         self.sinkhorn_iters, self.sinkhorn_kappa = sinkhorn_iters, sinkhorn_kappa
@@ -119,6 +133,7 @@ class PrototypeMemory(nn.Module):
         self.distance, self.huber_delta = distance, huber_delta
         self.ppc_temperature, self.ppc_weight, self.ppd_weight = ppc_temperature, ppc_weight, ppd_weight
         self.chunk_size, self.similarity_precision = chunk_size, similarity_precision
+        self.scores_kernel = scores_kernel
         protos = torch.empty(num_classes, num_prototypes, dim)
         nn.init.trunc_normal_(protos, std=init_std)
         if self.normalized:
@@ -150,6 +165,7 @@ class PrototypeMemory(nn.Module):
             "ppd_weight": p.PPD_WEIGHT,
             "chunk_size": p.CHUNK_SIZE,
             "similarity_precision": p.SIMILARITY_PRECISION,
+            "scores_kernel": p.SCORES_KERNEL,
         }
 
     def learn(
@@ -180,10 +196,15 @@ class PrototypeMemory(nn.Module):
             logits = to_logits(self.nearest_class_scores(x))
             zero = logits.sum() * 0.0
             return PrototypeLearning(logits, {"loss_ppc": zero, "loss_ppd": zero}, None, None)
-        scores, own, lse = prototype_scores(
-            x, self.prototypes, labels, self.ppc_temperature, self.distance, self.huber_delta,
-            self.chunk_size, self.similarity_precision,
-        )
+        if self.scores_kernel == "triton":
+            scores, own, lse = triton_prototype_scores(
+                x, self.prototypes, labels, self.ppc_temperature, self.similarity_precision
+            )
+        else:
+            scores, own, lse = prototype_scores(
+                x, self.prototypes, labels, self.ppc_temperature, self.distance, self.huber_delta,
+                self.chunk_size, self.similarity_precision,
+            )
         logits = to_logits(scores)
         targets, pixel_counts = self.cluster_and_update(x, own.detach(), logits.detach(), labels)
         self._latest_pixel_counts = pixel_counts
