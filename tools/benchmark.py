@@ -282,13 +282,14 @@ LOOPS = {"loop": per_class_loop_step, "reference": reference_structure_step}
 # --------------------------------------------------------------------------------------------
 
 
-def make_memory(prototypes: torch.Tensor, chunk_size: int = 0) -> PrototypeMemory:
+def make_memory(prototypes: torch.Tensor, chunk_size: int = 0, **kernel) -> PrototypeMemory:
     """A memory holding ``prototypes`` (C, K, D) with the paper's hyper-parameters; its PPC and PPD
-    are unweighted (:func:`batched_step` weights them)."""
+    are unweighted (:func:`batched_step` weights them). ``kernel``: ``scores_kernel`` and
+    ``similarity_precision``."""
     C, K, D = prototypes.shape
     memory = PrototypeMemory(
         C, K, D, momentum=HP["momentum"], sinkhorn_iters=HP["sinkhorn_iters"], sinkhorn_kappa=HP["sinkhorn_kappa"],
-        ppc_temperature=HP["ppc_temperature"], ppc_weight=1.0, ppd_weight=1.0, chunk_size=chunk_size,
+        ppc_temperature=HP["ppc_temperature"], ppc_weight=1.0, ppd_weight=1.0, chunk_size=chunk_size, **kernel,
     ).to(prototypes.device)
     memory.prototypes.copy_(prototypes)
     return memory
@@ -486,9 +487,10 @@ def bench_step(C, args) -> Dict[str, object]:
         return run
 
     fns = {"floor": run_floor, "floor_bf16": run_floor_bf16, "batched": run_batched,
-           **{name: loop_runner(loop) for name, loop in LOOPS.items()}}
+           **{name: loop_runner(loop) for name, loop in LOOPS.items()}, **triton_runners(prototypes, x0, labels, args)}
     full = bench(fns, args.warmup, args.reps, args.device)
     floor_bf16 = full.pop("floor_bf16")  # timed interleaved with the others, reported apart
+    triton_steps = {name: full.pop(name) for name in list(full) if name.startswith("triton")}
 
     # The no-grad part alone: clustering + update (inputs prepared outside the timed region).
     with torch.no_grad():
@@ -525,7 +527,37 @@ def bench_step(C, args) -> Dict[str, object]:
         "floor_bf16_min_ms": floor_bf16["min_ms"],
         "batched_over_floor_bf16": full["batched"]["median_ms"] / floor_bf16["median_ms"],
         "cluster_update_loop_over_batched": cluster["loop"]["median_ms"] / cluster["batched"]["median_ms"],
+        # MODEL.PROTOSEG.SCORES_KERNEL triton (CUDA with triton only): the same step, fused kernels
+        "triton_steps": triton_steps,
     }
+
+
+def triton_runners(prototypes, x0, labels, args) -> Dict[str, Callable]:
+    """The batched step with the Triton score kernels (MODEL.PROTOSEG.SCORES_KERNEL triton), in
+    float32 and bfloat16, on CUDA when triton is importable (none otherwise: the interpreter is far
+    too slow for these sizes). Before timing, one step of each is checked against the torch
+    kernel's losses on the same prototypes (the run aborts if they differ)."""
+    from protoseg.modeling.prototypes.triton_scores import triton_available
+
+    if args.device != "cuda" or not triton_available():
+        return {}
+    reference = batched_step(make_memory(prototypes), x0.clone().requires_grad_(True), labels)[2]
+    runners = {}
+    for precision in ("float32", "bfloat16"):
+        memory = make_memory(prototypes, scores_kernel="triton", similarity_precision=precision)
+        check = batched_step(make_memory(prototypes, scores_kernel="triton", similarity_precision=precision),
+                             x0.clone().requires_grad_(True), labels)[2]
+        tol = 1e-4 if precision == "float32" else 2e-2
+        for key in reference:
+            torch.testing.assert_close(check[key], reference[key], rtol=tol, atol=tol)
+        x = x0.clone().requires_grad_(True)
+
+        def run(memory=memory, x=x):
+            x.grad = None
+            batched_step(memory, x, labels)
+
+        runners[f"triton_{precision}"] = run
+    return runners
 
 
 def build_bench_model(head: str, C: int, args):
@@ -693,6 +725,10 @@ def print_table(res: Dict[str, object]) -> None:
         bf16 = {"median_ms": r["floor_bf16_median_ms"], "min_ms": r["floor_bf16_min_ms"]}
         print(f"C={r['C']}: bf16 floor (x@P^T+max, bfloat16 product) {fmt_t(bf16)} against float32 floor "
               f"{fmt_t(r['step']['floor'])}; batched (float32) / bf16 floor = {r['batched_over_floor_bf16']:.2f}x")
+        for name, t in r.get("triton_steps", {}).items():
+            print(f"C={r['C']}: step with SCORES_KERNEL triton, {name[len('triton_'):]}: {fmt_t(t)}; "
+                  f"/ batched {t['median_ms'] / r['step']['batched']['median_ms']:.2f}x, "
+                  f"/ bf16 floor {t['median_ms'] / r['floor_bf16_median_ms']:.2f}x")
 
     inf = res["inference"]
     if inf:
