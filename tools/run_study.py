@@ -25,6 +25,7 @@ See docs/REPRODUCTION.md and ``tools/studies.py``.
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from studies import ALL_STUDIES, STUDIES, TOY_STUDY_CONFIG, RunnerOptions, StudyContext, build_study, run_study  # tools/studies.py
@@ -66,6 +67,12 @@ def parse_args(argv=None):
                    help="Table 4 columns set beside the toy vocabularies, in the same order")
     p.add_argument("--vocabulary-datasets", nargs="+", default=[], metavar="TRAIN,VAL,NUM_CLASSES",
                    help="real data: registered dataset names and class count per vocabulary")
+    p.add_argument("--curves-toy-data", type=int, nargs=2, default=None, metavar=("CLASSES", "SIZE"),
+                   help="toy classes and image size of the curves studies (default 4 64; "
+                        "--quick: 4 and the quick size)")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                   help="run and tabulate only these variants of the study (by their table name; "
+                        "the study's reference row is always kept)")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE ... config overrides for every run (last option)")
     return p.parse_args(argv)
@@ -79,6 +86,18 @@ def parse_vocabulary_datasets(items):
             raise SystemExit(f"--vocabulary-datasets: expected TRAIN,VAL,NUM_CLASSES, got {item!r}")
         out.append((parts[0], parts[1], int(parts[2])))
     return out
+
+
+def select_variants(study, names):
+    """``study`` with only the variants ``names`` (and its reference row), in the study's order."""
+    if not names:
+        return study
+    known = [v.name for v in study.variants]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"--variants: {unknown} not in study {study.name}; its variants: {known}")
+    keep = set(names) | {study.reference}
+    return replace(study, variants=tuple(v for v in study.variants if v.name in keep))
 
 
 def main(argv=None) -> int:
@@ -95,6 +114,10 @@ def main(argv=None) -> int:
     ctx = StudyContext(base_cfg, toy=toy, quick=args.quick, vocabulary_sizes=vocab,
                        vocabulary_datasets=parse_vocabulary_datasets(args.vocabulary_datasets),
                        paper_classes=args.paper_classes, iters=iters)
+    if args.curves_toy_data:
+        ctx.curves_classes, ctx.curves_size = args.curves_toy_data
+    elif args.quick:
+        ctx.curves_size = int(base_cfg.INPUT.MIN_SIZE_TEST)
     options = RunnerOptions(output_dir=args.output_dir.resolve(), config_file=config_file, seeds=seeds,
                             iters=iters, opts=opts, jobs=args.jobs, threads=args.threads,
                             num_gpus=args.num_gpus)
@@ -102,7 +125,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for name in names:
         t = time.perf_counter()
-        study = build_study(name, ctx)
+        study = select_variants(build_study(name, ctx), args.variants)
         run_study(study, options)
         out = options.output_dir / name
         print(f"study {name}: {time.perf_counter() - t:.0f} s; tables and plot in {out}/{name}.{{csv,md,png}}")

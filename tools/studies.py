@@ -145,6 +145,9 @@ class StudyContext:
     paper_classes: Sequence[int] = (150, 500, 847)  # toy vocabulary i <-> Table 4 column i
     data_root: Optional[Path] = None
     iters: Optional[int] = None  # --iters (or --quick's), which overrides a study's own max_iter
+    # Toy data of the learning-curve studies: classes and image size (--curves-toy-data).
+    curves_classes: int = 4
+    curves_size: int = 64
 
     @property
     def num_prototypes(self) -> int:
@@ -167,13 +170,13 @@ def parametric(k: int) -> Tuple:
     return ("MODEL.SEM_SEG_HEAD.NAME", "ParametricSegHead", "MODEL.PARAMETRIC.NUM_PROTOTYPES", k)
 
 
-def toy_dataset(ctx: StudyContext, num_classes: int) -> DatasetRef:
+def toy_dataset(ctx: StudyContext, num_classes: int, size: Optional[int] = None) -> DatasetRef:
     """The toy dataset of ``num_classes`` classes for the study config: images of the config's
-    test size; enough images that every look appears in several training regions (the scenes have
+    test size (or ``size``); enough images that every look appears in several training regions (the scenes have
     ~6 regions each) and every class in the validation split."""
     from toy_scenes import ToySceneSpec
 
-    size = int(ctx.base_cfg.INPUT.MIN_SIZE_TEST)
+    size = int(size or ctx.base_cfg.INPUT.MIN_SIZE_TEST)
     looks = ctx.looks_per_class
     if ctx.quick:
         num_train, num_val = 8, 4
@@ -282,11 +285,13 @@ def _vocabulary(ctx: StudyContext) -> Study:
 
 # The learning-curve studies (issue 20). One run per (variant, seed), evaluated CURVES_EVAL_POINTS
 # times at even intervals; the points of a curve are iterations of ONE run under the run's own poly
-# schedule (the learning rate at iteration 300 of a 600-iteration run is higher than at the end of
-# a 300-iteration run). Toy default: 600 iterations, evaluated every 100 (the 4 x 3 runs of
-# ``curves`` ~40 min on 2 shared cores, the 3 x 3 new runs of ``curves_causes`` ~30 min);
-# ``--iters`` lengthens it (e.g. 3000 on a GPU) and the points follow.
-CURVES_MAX_ITER = 600
+# schedule (the learning rate at iteration 100 of a 300-iteration run is higher than at the end of
+# a 100-iteration run). Toy default, sized for the 2 shared CPU cores of the project (a first
+# schedule of 600 iterations on 96x96 images and 8 classes ran at 3-5 s per iteration while other
+# jobs loaded the machine, ~5 h for the 21 runs): 4 classes on 64x64 images (0.44x the pixels),
+# 300 iterations, evaluated every 50. ``--iters`` lengthens it (e.g. 3000 on a GPU) and the points
+# follow; ``--curves-toy-data 8 96`` is the ablations' toy data.
+CURVES_MAX_ITER = 300
 CURVES_EVAL_POINTS = 6
 # Detectron2's PeriodicWriter writes metrics.json every 20 iterations, and only the latest value of
 # each metric: evaluations closer than that would overwrite one another, so the points of a short
@@ -306,7 +311,13 @@ def _curves_iters(ctx: StudyContext) -> int:
 
 def _curve_study(name: str, claim: str, rows: Sequence[Tuple[str, Tuple]], ctx: StudyContext) -> Study:
     iters = _curves_iters(ctx)
-    return Study(name, claim, tuple(Variant(n, o, series=n) for n, o in rows), reference="parametric K=1",
+    dataset, size_opts = None, ()
+    if ctx.toy:  # the curves' own toy data; a real config keeps its datasets and input sizes
+        size = ctx.curves_size
+        dataset = toy_dataset(ctx, ctx.curves_classes, size)
+        size_opts = ("INPUT.MIN_SIZE_TRAIN", (size,), "INPUT.MIN_SIZE_TEST", size, "INPUT.CROP.SIZE", (size, size))
+    return Study(name, claim, tuple(Variant(n, size_opts + o, series=n, dataset=dataset) for n, o in rows),
+                 reference="parametric K=1",
                  plot="curves", xlabel="iteration", max_iter=iters,
                  eval_points=min(CURVES_EVAL_POINTS, max(2, iters // WRITER_PERIOD)))
 
@@ -526,6 +537,8 @@ def run_study(study: Study, o: RunnerOptions, log=print) -> List[Dict]:
     todo = [r for r in runs if r.result() is None]
     # Identical configs shared with another study variant appear once.
     unique = list({str(r.run_dir): r for r in todo}.values())
+    if study.plot == "curves":  # seed by seed: an interrupted study has whole seeds of every variant
+        unique.sort(key=lambda r: r.seed)
     log(f"study {study.name}: {len(study.variants)} variants x {o.seeds} seeds = {len(runs)} runs, "
         f"{len(runs) - len(todo)} finished before, {len(unique)} to run ({o.jobs} at a time, "
         f"{o.threads} threads each)")
@@ -765,6 +778,8 @@ def plot_curves(study: Study, rows: List[Dict], path: Path) -> None:
             continue
         bx.plot(xs, [p[3] for p in pts], marker="o", ms=3, color=line.get_color(), label=series)
         bx.fill_between(xs, [p[3] - p[4] for p in pts], [p[3] + p[4] for p in pts], color=line.get_color(), alpha=0.15)
+    for a in (ax, bx):
+        a.set_xticks(sorted({r["iteration"] for r in rows}))
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"mIoU (%), mean +- std over {rows[0]['seeds']} seed(s)")
     bx.set_xlabel("iteration")
