@@ -341,7 +341,10 @@ def _curves_causes(ctx: StudyContext) -> Study:
          ("ProtoSeg, fixed T=0.1", PROTOSEG + ("MODEL.PROTOSEG.CLASS_SCORE_NORM", "temperature",
                                                "MODEL.PROTOSEG.CLASS_SCORE_TEMPERATURE", 0.1)),
          ("ProtoSeg, K=1", PROTOSEG + ("MODEL.PROTOSEG.NUM_PROTOTYPES", 1)),
-         (f"ProtoSeg, warm-up {warmup}", PROTOSEG + ("MODEL.PROTOSEG.WARMUP_ITERS", warmup))], ctx)
+         (f"ProtoSeg, warm-up {warmup}", PROTOSEG + ("MODEL.PROTOSEG.WARMUP_ITERS", warmup)),
+         ("ProtoSeg, fixed T=0.1, K=1", PROTOSEG + ("MODEL.PROTOSEG.CLASS_SCORE_NORM", "temperature",
+                                                    "MODEL.PROTOSEG.CLASS_SCORE_TEMPERATURE", 0.1,
+                                                    "MODEL.PROTOSEG.NUM_PROTOTYPES", 1))], ctx)
 
 
 STUDIES: Dict[str, Callable[[StudyContext], Study]] = {
