@@ -2,6 +2,8 @@
 """Run the paper's ablation studies (Tables 5a-d, Table 4, Table 1's FCN rows) and write their tables.
 
     python tools/run_study.py all                                   # toy data, 3 seeds, ~1 h on 2 cores
+    python tools/run_study.py curves --seeds 3                      # mIoU against iteration (not in `all`)
+    python tools/run_study.py curves_causes --seeds 3               # ProtoSeg switches on the same curves
     python tools/run_study.py num_prototypes --seeds 3 --jobs 2 --threads 1
     python tools/run_study.py distance --quick                      # smoke run: 1 seed, tiny data
     python tools/run_study.py objective --config-file configs/ade20k/<real config>.yaml \\
@@ -13,6 +15,9 @@
 Every (variant, seed) is one run of train_net.py's main in its own process and OUTPUT_DIR
 (``<output-dir>/runs/<config hash>/seed<N>``); finished runs are detected from their
 study_result.json and not run again. Tables and plots: ``<output-dir>/<study>/<study>.{csv,md,png}``.
+``curves`` and ``curves_causes`` evaluate each run several times (evenly spaced, the last at the
+end) and plot mIoU against iteration; their default schedule is their own (``studies.CURVES_MAX_ITER``),
+``--iters N`` lengthens or shortens it (on a GPU: longer) and the points follow.
 ``--iters N`` shortens the schedule, warm-up included: the warm-up is capped at
 SOLVER.MAX_WARMUP_FRACTION of N (``protoseg.solver.effective_warmup_iters``).
 See docs/REPRODUCTION.md and ``tools/studies.py``.
@@ -20,9 +25,10 @@ See docs/REPRODUCTION.md and ``tools/studies.py``.
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from studies import STUDIES, TOY_STUDY_CONFIG, RunnerOptions, StudyContext, build_study, run_study  # tools/studies.py
+from studies import ALL_STUDIES, STUDIES, TOY_STUDY_CONFIG, RunnerOptions, StudyContext, build_study, run_study  # tools/studies.py
 
 from protoseg.config import load_config
 
@@ -39,7 +45,8 @@ QUICK_VOCABULARY = (4, 8)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("study", choices=sorted(STUDIES) + ["all"])
+    p.add_argument("study", choices=sorted(STUDIES) + ["all"],
+                   help=f"'all' = {', '.join(ALL_STUDIES)} (the learning curves are run by name)")
     p.add_argument("--config-file", type=Path, default=None,
                    help=f"base config (default: {TOY_STUDY_CONFIG.relative_to(TOY_STUDY_CONFIG.parents[2])} "
                         "on generated toy data); a real config trains on its own datasets")
@@ -60,6 +67,12 @@ def parse_args(argv=None):
                    help="Table 4 columns set beside the toy vocabularies, in the same order")
     p.add_argument("--vocabulary-datasets", nargs="+", default=[], metavar="TRAIN,VAL,NUM_CLASSES",
                    help="real data: registered dataset names and class count per vocabulary")
+    p.add_argument("--curves-toy-data", type=int, nargs=2, default=None, metavar=("CLASSES", "SIZE"),
+                   help="toy classes and image size of the curves studies (default 4 64; "
+                        "--quick: 4 and the quick size)")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                   help="run and tabulate only these variants of the study (by their table name; "
+                        "the study's reference row is always kept)")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE ... config overrides for every run (last option)")
     return p.parse_args(argv)
@@ -75,6 +88,18 @@ def parse_vocabulary_datasets(items):
     return out
 
 
+def select_variants(study, names):
+    """``study`` with only the variants ``names`` (and its reference row), in the study's order."""
+    if not names:
+        return study
+    known = [v.name for v in study.variants]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"--variants: {unknown} not in study {study.name}; its variants: {known}")
+    keep = set(names) | {study.reference}
+    return replace(study, variants=tuple(v for v in study.variants if v.name in keep))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if len(args.opts) % 2:
@@ -88,15 +113,19 @@ def main(argv=None) -> int:
     base_cfg = load_config(config_file, opts + (["SOLVER.MAX_ITER", iters] if iters else []))
     ctx = StudyContext(base_cfg, toy=toy, quick=args.quick, vocabulary_sizes=vocab,
                        vocabulary_datasets=parse_vocabulary_datasets(args.vocabulary_datasets),
-                       paper_classes=args.paper_classes)
+                       paper_classes=args.paper_classes, iters=iters)
+    if args.curves_toy_data:
+        ctx.curves_classes, ctx.curves_size = args.curves_toy_data
+    elif args.quick:
+        ctx.curves_size = int(base_cfg.INPUT.MIN_SIZE_TEST)
     options = RunnerOptions(output_dir=args.output_dir.resolve(), config_file=config_file, seeds=seeds,
                             iters=iters, opts=opts, jobs=args.jobs, threads=args.threads,
                             num_gpus=args.num_gpus)
-    names = sorted(STUDIES) if args.study == "all" else [args.study]
+    names = list(ALL_STUDIES) if args.study == "all" else [args.study]
     t0 = time.perf_counter()
     for name in names:
         t = time.perf_counter()
-        study = build_study(name, ctx)
+        study = select_variants(build_study(name, ctx), args.variants)
         run_study(study, options)
         out = options.output_dir / name
         print(f"study {name}: {time.perf_counter() - t:.0f} s; tables and plot in {out}/{name}.{{csv,md,png}}")

@@ -41,6 +41,7 @@ from protoseg.config import load_config
 
 __all__ = [
     "STUDIES",
+    "ALL_STUDIES",
     "StudyContext",
     "Variant",
     "Study",
@@ -51,6 +52,7 @@ __all__ = [
     "count_parameters",
     "run_study",
     "worker_main",
+    "read_curve",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,9 +123,14 @@ class Study:
     claim: str  # what the paper claims (and which table)
     variants: Tuple[Variant, ...]
     reference: str  # the row the paired differences are taken to
-    plot: str = "bars"  # "bars" or "lines"
+    plot: str = "bars"  # "bars", "lines" or "curves" (mIoU against iteration)
     xlabel: str = ""
     xlog: bool = False
+    # Schedule of the study's runs when --iters is not given (None: the base config's MAX_ITER).
+    max_iter: Optional[int] = None
+    # Evaluations per run, evenly spaced: TEST.EVAL_PERIOD = MAX_ITER // eval_points (1: one at the
+    # end, the ablations; > 1: a learning curve from every evaluation of the run, ``curves``).
+    eval_points: int = 1
 
 
 @dataclass
@@ -137,6 +144,10 @@ class StudyContext:
     vocabulary_datasets: Sequence[Tuple[str, str, int]] = ()  # real data: (train, val, classes)
     paper_classes: Sequence[int] = (150, 500, 847)  # toy vocabulary i <-> Table 4 column i
     data_root: Optional[Path] = None
+    iters: Optional[int] = None  # --iters (or --quick's), which overrides a study's own max_iter
+    # Toy data of the learning-curve studies: classes and image size (--curves-toy-data).
+    curves_classes: int = 4
+    curves_size: int = 64
 
     @property
     def num_prototypes(self) -> int:
@@ -159,13 +170,13 @@ def parametric(k: int) -> Tuple:
     return ("MODEL.SEM_SEG_HEAD.NAME", "ParametricSegHead", "MODEL.PARAMETRIC.NUM_PROTOTYPES", k)
 
 
-def toy_dataset(ctx: StudyContext, num_classes: int) -> DatasetRef:
+def toy_dataset(ctx: StudyContext, num_classes: int, size: Optional[int] = None) -> DatasetRef:
     """The toy dataset of ``num_classes`` classes for the study config: images of the config's
-    test size; enough images that every look appears in several training regions (the scenes have
+    test size (or ``size``); enough images that every look appears in several training regions (the scenes have
     ~6 regions each) and every class in the validation split."""
     from toy_scenes import ToySceneSpec
 
-    size = int(ctx.base_cfg.INPUT.MIN_SIZE_TEST)
+    size = int(size or ctx.base_cfg.INPUT.MIN_SIZE_TEST)
     looks = ctx.looks_per_class
     if ctx.quick:
         num_train, num_val = 8, 4
@@ -272,6 +283,70 @@ def _vocabulary(ctx: StudyContext) -> Study:
     )
 
 
+# The learning-curve studies (issue 20). One run per (variant, seed), evaluated CURVES_EVAL_POINTS
+# times at even intervals; the points of a curve are iterations of ONE run under the run's own poly
+# schedule (the learning rate at iteration 100 of a 300-iteration run is higher than at the end of
+# a 100-iteration run). Toy default, sized for the 2 shared CPU cores of the project (a first
+# schedule of 600 iterations on 96x96 images and 8 classes ran at 3-5 s per iteration while other
+# jobs loaded the machine, ~5 h for the 21 runs): 4 classes on 64x64 images (0.44x the pixels),
+# 300 iterations, evaluated every 50. ``--iters`` lengthens it (e.g. 3000 on a GPU) and the points
+# follow; ``--curves-toy-data 8 96`` is the ablations' toy data.
+CURVES_MAX_ITER = 300
+CURVES_EVAL_POINTS = 6
+# Detectron2's PeriodicWriter writes metrics.json every 20 iterations, and only the latest value of
+# each metric: evaluations closer than that would overwrite one another, so the points of a short
+# run are spaced at least this far apart (--quick: 2 points, at 2 and 4 iterations).
+WRITER_PERIOD = 20
+# The public reference code's training behaviour of the head where it differs from the paper
+# (docs/MODEL_ZOO.md): no PPC temperature, PPD weight 0.001, Gumbel-softmax assignment for the
+# update, a 2-layer projection of the embeddings. (PROJECTION "reference_mlp", with its width-wise
+# l2-normalisation, exists to load the released checkpoint; "mlp" is its projection without that.)
+REFERENCE_CODE = ("MODEL.PROTOSEG.PPC_TEMPERATURE", 1.0, "MODEL.PROTOSEG.PPD_WEIGHT", 0.001,
+                  "MODEL.PROTOSEG.ASSIGNMENT", "gumbel", "MODEL.PROTOSEG.PROJECTION", "mlp")
+
+
+def _curves_iters(ctx: StudyContext) -> int:
+    return int(ctx.iters or CURVES_MAX_ITER)
+
+
+def _curve_study(name: str, claim: str, rows: Sequence[Tuple[str, Tuple]], ctx: StudyContext) -> Study:
+    iters = _curves_iters(ctx)
+    dataset, size_opts = None, ()
+    if ctx.toy:  # the curves' own toy data; a real config keeps its datasets and input sizes
+        size = ctx.curves_size
+        dataset = toy_dataset(ctx, ctx.curves_classes, size)
+        size_opts = ("INPUT.MIN_SIZE_TRAIN", (size,), "INPUT.MIN_SIZE_TEST", size, "INPUT.CROP.SIZE", (size, size))
+    return Study(name, claim, tuple(Variant(n, size_opts + o, series=n, dataset=dataset) for n, o in rows),
+                 reference="parametric K=1",
+                 plot="curves", xlabel="iteration", max_iter=iters,
+                 eval_points=min(CURVES_EVAL_POINTS, max(2, iters // WRITER_PERIOD)))
+
+
+def _curves(ctx: StudyContext) -> Study:
+    return _curve_study(
+        "curves", "Prototypes match or beat the softmax head (Table 1); does ProtoSeg catch up with "
+        "training length? mIoU against iteration.",
+        [("parametric K=1", parametric(1)), ("parametric K=10", parametric(10)),
+         ("ProtoSeg (paper)", PROTOSEG), ("ProtoSeg (reference code)", PROTOSEG + REFERENCE_CODE)], ctx)
+
+
+def _curves_causes(ctx: StudyContext) -> Study:
+    """Candidate causes of ProtoSeg's slower start, each one existing switch on the paper's
+    ProtoSeg; the same runs, seeds and points as ``curves`` for the two shared rows."""
+    warmup = _curves_iters(ctx) // 10
+    return _curve_study(
+        "curves_causes", "Which switch, if any, closes ProtoSeg's gap to the softmax head? "
+        "mIoU against iteration.",
+        [("parametric K=1", parametric(1)), ("ProtoSeg (paper)", PROTOSEG),
+         ("ProtoSeg, fixed T=0.1", PROTOSEG + ("MODEL.PROTOSEG.CLASS_SCORE_NORM", "temperature",
+                                               "MODEL.PROTOSEG.CLASS_SCORE_TEMPERATURE", 0.1)),
+         ("ProtoSeg, K=1", PROTOSEG + ("MODEL.PROTOSEG.NUM_PROTOTYPES", 1)),
+         (f"ProtoSeg, warm-up {warmup}", PROTOSEG + ("MODEL.PROTOSEG.WARMUP_ITERS", warmup)),
+         ("ProtoSeg, fixed T=0.1, K=1", PROTOSEG + ("MODEL.PROTOSEG.CLASS_SCORE_NORM", "temperature",
+                                                    "MODEL.PROTOSEG.CLASS_SCORE_TEMPERATURE", 0.1,
+                                                    "MODEL.PROTOSEG.NUM_PROTOTYPES", 1))], ctx)
+
+
 STUDIES: Dict[str, Callable[[StudyContext], Study]] = {
     "objective": _objective,
     "num_prototypes": _num_prototypes,
@@ -279,7 +354,13 @@ STUDIES: Dict[str, Callable[[StudyContext], Study]] = {
     "distance": _distance,
     "vocabulary": _vocabulary,
     "parametric_vs_prototype": _parametric_vs_prototype,
+    "curves": _curves,
+    "curves_causes": _curves_causes,
 }
+
+
+# What ``tools/run_study.py all`` runs: the ablations, not the (longer) learning curves.
+ALL_STUDIES = tuple(sorted(n for n in STUDIES if not n.startswith("curves")))
 
 
 def build_study(name: str, ctx: StudyContext) -> Study:
@@ -307,10 +388,15 @@ def variant_opts(variant: Variant, iters: Optional[int] = None) -> List:
     return opts
 
 
-def effective_cfg(config_file: Path, global_opts: Sequence, variant: Variant, iters: Optional[int] = None):
-    """The config a run of ``variant`` trains with (OUTPUT_DIR and SEED left at the file's)."""
+def effective_cfg(config_file: Path, global_opts: Sequence, variant: Variant, iters: Optional[int] = None,
+                  eval_points: int = 1):
+    """The config a run of ``variant`` trains with (OUTPUT_DIR and SEED left at the file's):
+    one evaluation at the end, or ``eval_points`` evenly spaced ones (the last at the end)."""
     cfg = load_config(config_file, list(global_opts) + variant_opts(variant, iters))
-    cfg.TEST.EVAL_PERIOD = cfg.SOLVER.MAX_ITER  # one evaluation, at the end
+    if eval_points > 1:
+        cfg.TEST.EVAL_PERIOD = max(1, cfg.SOLVER.MAX_ITER // eval_points)
+    else:
+        cfg.TEST.EVAL_PERIOD = cfg.SOLVER.MAX_ITER  # one evaluation, at the end
     return cfg
 
 
@@ -415,16 +501,17 @@ def _prefix(d: DatasetRef) -> str:
 def plan_runs(study: Study, o: RunnerOptions) -> Tuple[List[Run], Dict[str, Dict[str, int]]]:
     """The runs of a study (one per variant and seed) and the parameter counts per variant."""
     runs, params = [], {}
+    iters = o.iters if o.iters is not None else study.max_iter
     for v in study.variants:
-        cfg = effective_cfg(o.config_file, o.opts, v, o.iters)
+        cfg = effective_cfg(o.config_file, o.opts, v, iters, study.eval_points)
         key = cfg_key(cfg)
         params[v.name] = count_parameters(cfg)
         register = [f"{_prefix(v.dataset)}={o.output_dir / 'data' / _prefix(v.dataset)}"] if (
             v.dataset is not None and v.dataset.toy_spec is not None) else []
         for seed in range(o.seeds):
             run_dir = o.output_dir / "runs" / key / f"seed{seed}"
-            opts = list(o.opts) + variant_opts(v, o.iters) + [
-                "TEST.EVAL_PERIOD", cfg.SOLVER.MAX_ITER, "SEED", seed, "OUTPUT_DIR", str(run_dir)]
+            opts = list(o.opts) + variant_opts(v, iters) + [
+                "TEST.EVAL_PERIOD", cfg.TEST.EVAL_PERIOD, "SEED", seed, "OUTPUT_DIR", str(run_dir)]
             runs.append(Run(v, seed, run_dir, opts, register))
     return runs, params
 
@@ -453,14 +540,20 @@ def run_study(study: Study, o: RunnerOptions, log=print) -> List[Dict]:
     todo = [r for r in runs if r.result() is None]
     # Identical configs shared with another study variant appear once.
     unique = list({str(r.run_dir): r for r in todo}.values())
+    if study.plot == "curves":  # seed by seed: an interrupted study has whole seeds of every variant
+        unique.sort(key=lambda r: r.seed)
     log(f"study {study.name}: {len(study.variants)} variants x {o.seeds} seeds = {len(runs)} runs, "
         f"{len(runs) - len(todo)} finished before, {len(unique)} to run ({o.jobs} at a time, "
         f"{o.threads} threads each)")
     if unique:
         with ThreadPoolExecutor(max_workers=max(1, o.jobs)) as pool:
             list(pool.map(lambda r: _execute(r, o.config_file, o.threads, o.num_gpus, log), unique))
-    rows = summarize(study, runs, params)
-    write_outputs(study, rows, o.output_dir / study.name)
+    if study.plot == "curves":
+        rows = summarize_curves(study, runs, params)
+        write_curve_outputs(study, rows, o.output_dir / study.name)
+    else:
+        rows = summarize(study, runs, params)
+        write_outputs(study, rows, o.output_dir / study.name)
     return rows
 
 
@@ -477,11 +570,29 @@ def _load_train_net():
     return module
 
 
-def read_run_metrics(output_dir: Path) -> Dict[str, float]:
+def _metrics_lines(output_dir: Path) -> List[Dict]:
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.json").read_text().splitlines() if line.strip()]
+
+
+def read_curve(output_dir: Path, max_iter: int) -> List[Tuple[int, float]]:
+    """Every evaluation of a run as (iterations trained, mIoU), sorted by iteration. Detectron2's
+    EvalHook records a periodic evaluation after iteration ``i`` (0-based) under ``i`` and the one at
+    the end of training under ``max_iter``; both become the number of iterations trained. A resumed
+    run may repeat an evaluation: the last one counts."""
+    points: Dict[int, float] = {}
+    for m in _metrics_lines(output_dir):
+        if "sem_seg/mIoU" in m:
+            it = int(m["iteration"])
+            points[it if it >= max_iter else it + 1] = float(m["sem_seg/mIoU"])
+    return sorted(points.items())
+
+
+def read_run_metrics(output_dir: Path, max_iter: Optional[int] = None) -> Dict[str, float]:
     """From a finished run's metrics.json: the final evaluation (``mIoU``, ``fwIoU``, ``mACC``,
-    ``pACC``) and ``sec_per_iter``, the mean of Detectron2's per-iteration step time ("time":
-    medians over 20-iteration windows, data loading included, evaluation excluded)."""
-    lines = [json.loads(line) for line in (Path(output_dir) / "metrics.json").read_text().splitlines() if line.strip()]
+    ``pACC``), ``sec_per_iter``, the mean of Detectron2's per-iteration step time ("time":
+    medians over 20-iteration windows, data loading included, evaluation excluded) and, with
+    ``max_iter``, ``curve``: every evaluation as [iterations trained, mIoU] (:func:`read_curve`)."""
+    lines = _metrics_lines(output_dir)
     evals = [m for m in lines if "sem_seg/mIoU" in m]
     if not evals:
         raise RuntimeError(f"{output_dir}/metrics.json has no 'sem_seg/mIoU' (no evaluation at the end?)")
@@ -490,6 +601,8 @@ def read_run_metrics(output_dir: Path) -> Dict[str, float]:
     out = {k: float(last[f"sem_seg/{k}"]) for k in ("mIoU", "fwIoU", "mACC", "pACC")}
     out["sec_per_iter"] = float(sum(times) / len(times)) if times else float("nan")
     out["eval_iteration"] = int(last["iteration"])
+    if max_iter is not None:
+        out["curve"] = [list(p) for p in read_curve(output_dir, max_iter)]
     return out
 
 
@@ -516,7 +629,7 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
            machine_rank=train_args.machine_rank, dist_url=train_args.dist_url, args=(train_args,))
     wall = time.perf_counter() - t0
     cfg = load_config(Path(train_args.config_file), train_args.opts)
-    result = read_run_metrics(Path(cfg.OUTPUT_DIR))
+    result = read_run_metrics(Path(cfg.OUTPUT_DIR), int(cfg.SOLVER.MAX_ITER))
     result.update(seed=int(cfg.SEED), max_iter=int(cfg.SOLVER.MAX_ITER), run_seconds=wall, config_key=cfg_key(cfg))
     tmp = Path(cfg.OUTPUT_DIR) / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
@@ -569,6 +682,117 @@ def summarize(study: Study, runs: Sequence[Run], params: Dict[str, Dict[str, int
         row["series"] = v.series
         rows.append(row)
     return rows
+
+
+def summarize_curves(study: Study, runs: Sequence[Run], params: Dict[str, Dict[str, int]]) -> List[Dict]:
+    """One row per (variant, evaluation point): mIoU mean/std over seeds at that iteration and the
+    paired (same seed, same iteration) difference to the reference variant."""
+    curves: Dict[str, Dict[int, Dict[int, float]]] = {}  # variant -> seed -> iteration -> mIoU
+    results: Dict[str, Dict[int, Dict]] = {}
+    for r in runs:
+        res = r.result()
+        if res is None:
+            raise RuntimeError(f"run {r.run_dir} has no {RESULT_FILE}")
+        points = res.get("curve") or read_curve(r.run_dir, int(res["max_iter"]))
+        curves.setdefault(r.variant.name, {})[r.seed] = {int(i): float(m) for i, m in points}
+        results.setdefault(r.variant.name, {})[r.seed] = res
+    ref = curves[study.reference]
+    rows = []
+    for v in study.variants:
+        per_seed, seeds = curves[v.name], sorted(curves[v.name])
+        iterations = sorted(set.intersection(*(set(c) for c in per_seed.values())))
+        missing = sorted(set().union(*(set(c) for c in per_seed.values())) - set(iterations))
+        if missing:
+            raise RuntimeError(f"{v.name}: evaluations at {missing} are missing from some seeds")
+        sec = round(_mean_std([results[v.name][s]["sec_per_iter"] for s in seeds])[0], 4)
+        for it in iterations:
+            miou_mean, miou_std = _mean_std([per_seed[s][it] for s in seeds])
+            delta_mean, delta_std = _mean_std([per_seed[s][it] - ref[s][it] for s in seeds])
+            row = {"variant": v.name, "iteration": it, "mIoU_mean": round(miou_mean, 3),
+                   "mIoU_std": round(miou_std, 3), "seeds": len(seeds),
+                   "delta_vs_ref_mean": round(delta_mean, 3), "delta_vs_ref_std": round(delta_std, 3),
+                   "sec_per_iter": sec, "iters": results[v.name][seeds[0]]["max_iter"]}
+            row.update(params[v.name])
+            row["series"] = v.series or v.name
+            rows.append(row)
+    return rows
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.2f} +- {std:.2f}"
+
+
+def write_curve_outputs(study: Study, rows: List[Dict], out_dir: Path) -> None:
+    """``<study>.csv`` (one row per variant and evaluation point), ``<study>.md`` (mIoU per point,
+    paired differences per point, the long table) and ``<study>.png`` (the curves)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "series"]
+    with open(out_dir / f"{study.name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    iterations = sorted({r["iteration"] for r in rows})
+    cell = {(r["variant"], r["iteration"]): r for r in rows}
+    seeds = rows[0]["seeds"]
+    head = "| variant | " + " | ".join(f"it {i}" for i in iterations) + " |"
+    sep = "|---|" + "---|" * len(iterations)
+    lines = [f"# Study `{study.name}`", "", f"Paper: {study.claim}", "",
+             f"mIoU in %, mean +- std over {seeds} seed(s), at each evaluation of one run per seed "
+             f"({rows[0]['iters']} iterations, poly learning rate over the whole run).", "",
+             "## mIoU per evaluation point", "", head, sep]
+    for v in variants:
+        lines.append(f"| {v} | " + " | ".join(
+            _pm(cell[v, i]["mIoU_mean"], cell[v, i]["mIoU_std"]) if (v, i) in cell else "" for i in iterations) + " |")
+    lines += ["", f"## Paired difference to `{study.reference}` per point (same seed, same iteration)", "",
+              head, sep]
+    for v in variants:
+        if v == study.reference:
+            continue
+        lines.append(f"| {v} | " + " | ".join(
+            _pm(cell[v, i]["delta_vs_ref_mean"], cell[v, i]["delta_vs_ref_std"]) if (v, i) in cell else ""
+            for i in iterations) + " |")
+    lines += ["", "## All columns", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    (out_dir / f"{study.name}.md").write_text("\n".join(lines) + "\n")
+    plot_curves(study, rows, out_dir / f"{study.name}.png")
+
+
+def plot_curves(study: Study, rows: List[Dict], path: Path) -> None:
+    """Left: mIoU against iteration per variant, the band is mean +- std over seeds. Right: the
+    paired difference to the reference variant against iteration, band +- its std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.4))
+    ax, bx = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for series in dict.fromkeys(r["series"] for r in rows):
+        pts = sorted((r["iteration"], r["mIoU_mean"], r["mIoU_std"], r["delta_vs_ref_mean"], r["delta_vs_ref_std"])
+                     for r in rows if r["series"] == series)
+        xs = [p[0] for p in pts]
+        line, = ax.plot(xs, [p[1] for p in pts], marker="o", ms=3, label=series)
+        ax.fill_between(xs, [p[1] - p[2] for p in pts], [p[1] + p[2] for p in pts], color=line.get_color(), alpha=0.15)
+        if series == study.reference:
+            bx.axhline(0.0, color=line.get_color(), lw=1, label=f"{series} (reference)")
+            continue
+        bx.plot(xs, [p[3] for p in pts], marker="o", ms=3, color=line.get_color(), label=series)
+        bx.fill_between(xs, [p[3] - p[4] for p in pts], [p[3] + p[4] for p in pts], color=line.get_color(), alpha=0.15)
+    for a in (ax, bx):
+        a.set_xticks(sorted({r["iteration"] for r in rows}))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"mIoU (%), mean +- std over {rows[0]['seeds']} seed(s)")
+    bx.set_xlabel("iteration")
+    bx.set_ylabel(f"paired mIoU difference to {study.reference}")
+    for a in (ax, bx):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.suptitle(f"{study.name}: {study.claim}", fontsize=8, wrap=True)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
 
 
 def _fmt(v) -> str:
