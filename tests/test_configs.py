@@ -38,6 +38,33 @@ def base_chain(path: Path):
         chain.append(nxt)
 
 
+DATASET_BASES = ["ade20k/Base-ADE20K-150.yaml", "cityscapes/Base-Cityscapes.yaml", "coco_stuff_10k/Base-COCO-Stuff-10k.yaml"]
+# keys the dataset bases may set differently (their "# dataset" marks); every other key is the
+# shared recipe and must be the same in the three
+DATASET_KEYS = {"MODEL.SEM_SEG_HEAD.NUM_CLASSES", "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", "DATASETS.TRAIN", "DATASETS.TEST",
+                "INPUT.SCALE_JITTER.BASE_SIZE", "INPUT.CROP.SIZE", "INPUT.MIN_SIZE_TEST", "SOLVER.IMS_PER_BATCH",
+                "SOLVER.MAX_ITER", "TEST.EVAL_PERIOD"}
+
+
+def flat_keys(node, prefix=""):
+    """{dotted key: value} of a YAML mapping."""
+    out = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        out.update(flat_keys(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def test_the_dataset_bases_share_one_recipe():
+    bases = {name: flat_keys(yaml.safe_load((REPO / "configs" / name).read_text())) for name in DATASET_BASES}
+    first = bases[DATASET_BASES[0]]
+    for name, keys in bases.items():
+        extra = {k for k in set(keys) ^ set(first) if k not in DATASET_KEYS and not k.startswith("TEST.SLIDING_WINDOW.")}
+        assert not extra, f"{name} and {DATASET_BASES[0]}: keys set in one only: {sorted(extra)}"
+        differ = sorted(k for k in set(keys) & set(first) if keys[k] != first[k] and k not in DATASET_KEYS)
+        assert not differ, f"{name} differs from {DATASET_BASES[0]} in shared recipe keys: {differ}"
+
+
 def test_base_chains_are_at_most_three_files_deep():
     """Readable configs: every YAML under configs/ (Base-* files included) is at most
     file -> base -> base of base."""
