@@ -6,7 +6,6 @@ area threshold is coloured but not labelled, so that pictures of 847-class model
 """
 import logging
 from typing import Iterator, Optional, Tuple
-from unittest import mock
 
 import cv2
 import numpy as np
@@ -14,8 +13,9 @@ import torch
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
+from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
-from detectron2.engine import defaults as d2_defaults
+from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from protoseg.checkpoint import ProtoSegCheckpointer
@@ -70,15 +70,24 @@ def read_label_map(path: str) -> np.ndarray:
 
 
 class Predictor(DefaultPredictor):
-    """Detectron2's ``DefaultPredictor`` (same pre-processing: BGR input, ``cfg.INPUT.FORMAT``,
-    ``ResizeShortestEdge`` to ``MIN_SIZE_TEST``/``MAX_SIZE_TEST``) whose weights are loaded, once,
-    by ``ProtoSegCheckpointer``: DetectionCheckpointer would skip a key of another shape (a prototype
-    buffer, a classifier of another class count) or a missing one with a warning and predict with
-    random weights there; here any such key is an error naming it."""
+    """Detectron2's ``DefaultPredictor`` (same pre-processing and ``__call__``: BGR input,
+    ``cfg.INPUT.FORMAT``, ``ResizeShortestEdge`` to ``MIN_SIZE_TEST``/``MAX_SIZE_TEST``) whose
+    weights are loaded, once, by ``ProtoSegCheckpointer``: DetectionCheckpointer would skip a key of
+    another shape (a prototype buffer, a classifier of another class count) or a missing one with a
+    warning and predict with random weights there; here any such key is an error naming it."""
 
     def __init__(self, cfg):
-        with mock.patch.object(d2_defaults, "DetectionCheckpointer", ProtoSegCheckpointer):
-            super().__init__(cfg)
+        # DefaultPredictor.__init__ (v0.6 to main), with the project's checkpointer
+        self.cfg = cfg.clone()  # cfg can be modified by model
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        ProtoSegCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be RGB or BGR for the demo, got {self.input_format!r}")
 
 
 class SemSegDemo:
