@@ -12,7 +12,7 @@ from detectron2.data import DatasetCatalog
 
 from protoseg.data.datasets import register_folder_dataset
 from protoseg.data.labels import LabelMapError
-from protoseg.data.validation import DatasetProblem, check_dataset_dict, check_sem_seg_sample, scan_dataset
+from protoseg.data.validation import check_dataset_dict, check_sem_seg_sample, scan_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 TOOL = REPO / "tools" / "check_dataset.py"

@@ -2,7 +2,6 @@
 ProtoSegCheckpointer loads into our backbones with no missing, unexpected or mis-shaped key, the
 values where they belong; where an independent implementation exists (torchvision ResNet, timm
 Swin at an unpadded size, timm PVTv2 = MiT) the converted backbone computes the same features."""
-import importlib.util
 import re
 
 import pytest
@@ -19,11 +18,9 @@ from timm.models.swin_transformer import SwinTransformer
 from protoseg.config import load_config
 from protoseg.checkpoint import ProtoSegCheckpointer
 
-from conftest import REPO
+from conftest import REPO, load_script
 
-spec = importlib.util.spec_from_file_location("convert_pretrained", REPO / "tools" / "convert_pretrained.py")
-convert_pretrained = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(convert_pretrained)
+convert_pretrained = load_script("convert_pretrained", REPO / "tools" / "convert_pretrained.py")
 
 ALL = ["res2", "res3", "res4", "res5"]
 

@@ -1,6 +1,5 @@
 """Preparation scripts (datasets/prepare_*.py, run as a user would) on tiny files in each dataset's
 official raw format, then registration (protoseg/data/builtin.py, datasets.py) and loading."""
-import importlib.util
 import os
 import pickle
 import subprocess
@@ -19,6 +18,8 @@ from protoseg.data.ade20k_full import ade20k_full_classes
 from protoseg.data.datasets import register_folder_dataset
 from protoseg.data.labels import read_label_map, reduce_zero_label
 from protoseg.data.validation import check_dataset_dict
+
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 PREPARE = REPO / "datasets"
@@ -138,10 +139,7 @@ def test_cityscapes(tmp_path):
 def _load_script(name):
     sys.path.insert(0, str(PREPARE))
     try:
-        spec = importlib.util.spec_from_file_location(f"_test_{name}", PREPARE / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return load_script(f"_test_{name}", PREPARE / f"{name}.py")
     finally:
         sys.path.remove(str(PREPARE))
 

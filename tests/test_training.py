@@ -1,5 +1,4 @@
 """End to end on the toy scenes: training learns, evaluation reports, resume restores everything."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,20 +12,13 @@ from detectron2.utils.env import seed_all_rng
 
 from protoseg.engine import Trainer
 
-from conftest import REPO, toy_cfg
+from conftest import REPO, load_script, toy_cfg
 from log_records import Records
 
 CHANCE_MIOU = 100.0 / 8
 
 
-def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = _load_train_net()
+train_net = load_script("train_net", REPO / "train_net.py")
 
 
 def trainer_cfg(tmp_path, max_iter, name="protoseg_r18-d8_fcn_toy.yaml", opts=()):

@@ -2,7 +2,6 @@
 tools/inspect_prototypes.py) on the toy model trained by the ``trained_toy_checkpoint`` fixture:
 every picture is written as PNG and its content checked (size, not blank, the expected colours
 where they belong)."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -37,7 +36,7 @@ from protoseg.visualization import (
 )
 from protoseg.visualization.prototype_maps import LEGEND_WIDTH, assignment_image
 
-from conftest import REPO, TOY_CONFIGS, toy_cfg
+from conftest import REPO, TOY_CONFIGS, load_script, toy_cfg
 
 CONFIG = TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"
 VAL = "toy_test_val"
@@ -85,10 +84,7 @@ def _chroma(rgb):
 
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name, REPO / "tools" / f"{name}.py")
 
 
 def _tool_env(toy_dataset):
