@@ -575,12 +575,18 @@ def _metrics_lines(output_dir: Path) -> List[Dict]:
 
 
 def read_curve(output_dir: Path, max_iter: int) -> List[Tuple[int, float]]:
-    """Every evaluation of a run as (iterations trained, mIoU), sorted by iteration. Detectron2's
-    EvalHook records a periodic evaluation after iteration ``i`` (0-based) under ``i`` and the one at
-    the end of training under ``max_iter``; both become the number of iterations trained. A resumed
-    run may repeat an evaluation: the last one counts."""
+    """Every evaluation of a run as (iterations trained, mIoU), sorted by iteration (see
+    :func:`curve_points`)."""
+    return curve_points(_metrics_lines(output_dir), max_iter)
+
+
+def curve_points(lines: Sequence[Dict], max_iter: int) -> List[Tuple[int, float]]:
+    """The evaluations among metrics.json ``lines`` as (iterations trained, mIoU), sorted by
+    iteration. Detectron2's EvalHook records a periodic evaluation after iteration ``i`` (0-based)
+    under ``i`` and the one at the end of training under ``max_iter``; both become the number of
+    iterations trained. A resumed run may repeat an evaluation: the last one counts."""
     points: Dict[int, float] = {}
-    for m in _metrics_lines(output_dir):
+    for m in lines:
         if "sem_seg/mIoU" in m:
             it = int(m["iteration"])
             points[it if it >= max_iter else it + 1] = float(m["sem_seg/mIoU"])
@@ -591,7 +597,7 @@ def read_run_metrics(output_dir: Path, max_iter: Optional[int] = None) -> Dict[s
     """From a finished run's metrics.json: the final evaluation (``mIoU``, ``fwIoU``, ``mACC``,
     ``pACC``), ``sec_per_iter``, the mean of Detectron2's per-iteration step time ("time":
     medians over 20-iteration windows, data loading included, evaluation excluded) and, with
-    ``max_iter``, ``curve``: every evaluation as [iterations trained, mIoU] (:func:`read_curve`)."""
+    ``max_iter``, ``curve``: every evaluation as [iterations trained, mIoU] (:func:`curve_points`)."""
     lines = _metrics_lines(output_dir)
     evals = [m for m in lines if "sem_seg/mIoU" in m]
     if not evals:
@@ -602,7 +608,7 @@ def read_run_metrics(output_dir: Path, max_iter: Optional[int] = None) -> Dict[s
     out["sec_per_iter"] = float(sum(times) / len(times)) if times else float("nan")
     out["eval_iteration"] = int(last["iteration"])
     if max_iter is not None:
-        out["curve"] = [list(p) for p in read_curve(output_dir, max_iter)]
+        out["curve"] = [list(p) for p in curve_points(lines, max_iter)]
     return out
 
 

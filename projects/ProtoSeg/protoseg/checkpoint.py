@@ -39,7 +39,6 @@ __all__ = [
     "CheckpointMismatchError",
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
-    "check_prototype_shapes",
     "load_pickled_weights",
     "TRUST_PICKLE_ENV",
 ]
@@ -75,15 +74,6 @@ def _prototype_message(key: str, found, expected) -> str:
         f"Check MODEL.SEM_SEG_HEAD.NUM_CLASSES (C), MODEL.PROTOSEG.NUM_PROTOTYPES (K) and the decoder width (D) "
         f"against the config the checkpoint was trained with"
     )
-
-
-def check_prototype_shapes(model_state: dict, checkpoint_state: dict, source: str = "checkpoint") -> None:
-    """Raise ValueError if a prototype buffer of ``checkpoint_state`` has another (C, K, D) than the
-    model's."""
-    for key, value in checkpoint_state.items():
-        if key.endswith(PROTOTYPE_SUFFIX) and key in model_state:
-            if tuple(value.shape) != tuple(model_state[key].shape):
-                raise ValueError(f"{source}: {_prototype_message(key, value.shape, model_state[key].shape)}.")
 
 
 # ---- reading files safely ---------------------------------------------------------------------

@@ -51,7 +51,7 @@ _ARGMAX_BLOCK_ELEMENTS = 1 << 23
 _MIN_CLASSES_BLOCKED_ARGMAX = 64
 
 
-def _check_precision(precision: str) -> None:
+def check_precision(precision: str) -> None:
     if precision not in SIMILARITY_PRECISIONS:
         raise ValueError(f"similarity precision must be one of {SIMILARITY_PRECISIONS}, got {precision!r}")
 
@@ -142,7 +142,7 @@ def nearest_prototype_scores(
         computed as P @ x^T, (C*K, N), which MKL runs faster than x @ P^T (docs/BENCHMARKS.md), and
         the maximum over K is then an elementwise maximum of K contiguous (C, N) slabs.
     """
-    _check_precision(precision)
+    check_precision(precision)
     C, K, _ = prototypes.shape
     n = x.shape[0]
     bf16 = precision == "bfloat16" and distance == "cosine"
@@ -270,7 +270,7 @@ def prototype_scores(
         class_scores (N, C) = max_k S[i, c, k]; own (N, K) = S[i, label_i, :];
         lse (N,) = logsumexp_j(S[i, j] / tau). All float32, differentiable with respect to x.
     """
-    _check_precision(precision)
+    check_precision(precision)
     C, K, D = prototypes.shape
     labels = labels.clamp(0, C - 1)
     with torch.autocast(device_type=x.device.type, enabled=False):

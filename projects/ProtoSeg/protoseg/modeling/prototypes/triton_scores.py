@@ -34,7 +34,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .scores import SIMILARITY_PRECISIONS, prototype_major
+from .scores import check_precision, prototype_major
 
 try:  # optional dependency
     import triton
@@ -227,13 +227,12 @@ def _check_runnable(x: torch.Tensor) -> None:
 
 
 class TritonCosineScores(torch.autograd.Function):
-    """Same contract as :class:`.scores._FusedCosineScores`: ``apply(x, protos, labels,
-    num_classes, temperature, chunk_size, precision[, blocks])``.
+    """The outputs of :class:`.scores._FusedCosineScores`: ``apply(x, protos, labels, num_classes,
+    temperature, precision[, blocks])`` (no chunk size: nothing of size N x C*K is ever kept).
 
     x (N, D) float32; protos (K*C, D) prototype-major, no gradient; labels (N,) int in [0, C).
     Returns scores (N, C) = max_k S[i, c, k], own (N, K) = S[i, label_i, :], lse (N,) =
     logsumexp_j(S[i, j] / tau), all float32 and differentiable with respect to x only.
-    ``chunk_size`` is accepted and ignored (nothing of size N x C*K is ever kept);
     ``precision`` is one of :data:`.scores.SIMILARITY_PRECISIONS` and applies to both products;
     ``blocks``: (BLOCK_N, BLOCK_C, BLOCK_D), default :data:`DEFAULT_BLOCKS`.
     Saved for the backward: x, protos, labels, best (N, C) int32 (the first argmax over k), the
@@ -241,10 +240,9 @@ class TritonCosineScores(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, protos, labels, num_classes: int, temperature: float, chunk_size: int = 0,
+    def forward(ctx, x, protos, labels, num_classes: int, temperature: float,
                 precision: str = "float32", blocks: Optional[Tuple[int, int, int]] = None):
-        if precision not in SIMILARITY_PRECISIONS:
-            raise ValueError(f"similarity precision must be one of {SIMILARITY_PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         _check_runnable(x)
         x = x.contiguous()
         protos = protos.contiguous()
@@ -291,7 +289,7 @@ class TritonCosineScores(torch.autograd.Function):
                 INPUT_PRECISION=_INPUT_PRECISION[ctx.precision], ROUND_BF16=ctx.precision == "bfloat16",
                 BF16_DOT=_bf16_dot(ctx.precision), num_warps=NUM_WARPS,
             )
-        return grad_x, None, None, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 def triton_prototype_scores(
@@ -316,5 +314,5 @@ def triton_prototype_scores(
     labels = labels.clamp(0, C - 1)
     with torch.autocast(device_type=x.device.type, enabled=False):
         return TritonCosineScores.apply(
-            x.float(), prototype_major(prototypes.float()), labels, C, temperature, 0, precision, blocks
+            x.float(), prototype_major(prototypes.float()), labels, C, temperature, precision, blocks
         )
