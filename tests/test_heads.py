@@ -168,7 +168,7 @@ def test_reference_switches_build_and_train():
 @pytest.mark.parametrize("opts", [(), ("MODEL.PROTOSEG.CHUNK_SIZE", 100), ("MODEL.PROTOSEG.ASSIGNMENT", "gumbel"),
                                   ("MODEL.PROTOSEG.SIMILARITY_PRECISION", "bfloat16")])
 def test_training_step_of_the_head_has_no_data_dependent_operation(opts):
-    """No host synchronisation in the step (issue 6): the head's training forward and backward
+    """No host synchronisation in the step: the head's training forward and backward
     (similarities, class scores, clustering, update, CE + PPC + PPD) run on fake tensors, which
     carry shapes but no values, so that any value-dependent operation (``.item()``, ``if tensor``,
     boolean-mask indexing, ``nonzero``, ``unique``: each a device-to-host copy on CUDA) raises."""

@@ -69,8 +69,8 @@ def test_killed_run_resumes_from_last_checkpoint(toy_dataset, tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(toy_dataset.parent), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(train_command(tmp_path, 60), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "last_checkpoint"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (last.exists() and last.read_text() == "model_0000019.pth"):
+    give_up_at = time.time() + 240
+    while time.time() < give_up_at and not (last.exists() and last.read_text() == "model_0000019.pth"):
         time.sleep(0.2)
         assert proc.poll() is None, "training ended before it could be killed"
     proc.send_signal(signal.SIGKILL)

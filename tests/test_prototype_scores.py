@@ -130,7 +130,7 @@ def test_chunked_nearest_class_scores_pass_the_same_gradient():
     assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
 
 
-# ---- MODEL.PROTOSEG.SIMILARITY_PRECISION: the product in bfloat16 (issue 18) ----------------------
+# ---- MODEL.PROTOSEG.SIMILARITY_PRECISION: the product in bfloat16 --------------------------------
 
 
 def agreement(a, b):
@@ -160,7 +160,7 @@ def training_loss(scores, own, lse, labels):
 
 @pytest.mark.parametrize("precision", ["float32", "tf32"])
 def test_float32_and_tf32_are_float32_on_cpu(precision):
-    """float32 is today's code; tf32 changes only a CUDA flag, set around the products and restored."""
+    """float32 is the exact product; tf32 changes only a CUDA flag, set around the products and restored."""
     from protoseg.modeling.prototypes.scores import nearest_prototype_scores
 
     torch.manual_seed(0)

@@ -120,7 +120,7 @@ def test_runs_are_shared_between_studies_and_not_rerun(studies):
     assert read_rows(out, "vocabulary") == before
 
 
-# ---- learning curves (issue 20) -------------------------------------------------------------
+# ---- learning curves ------------------------------------------------------------------------
 CURVE_VARIANTS = ["parametric K=1", "parametric K=10", "ProtoSeg (paper)", "ProtoSeg (reference code)"]
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the prototype head's speed (issue 18) in one run, under 8 minutes on one
+# Every GPU measurement of the prototype head's speed in one run, under 8 minutes on one
 # H100/H200, its output in OUT (default output/gpu_measurements): tools/benchmark.py --device cuda
 # (the step against the loops and the float32 / bfloat16 floors, the step with
 # MODEL.PROTOSEG.SCORES_KERNEL triton, inference ProtoSeg / parametric, peak memory), then 200

@@ -283,7 +283,7 @@ def _vocabulary(ctx: StudyContext) -> Study:
     )
 
 
-# The learning-curve studies (issue 20). One run per (variant, seed), evaluated CURVES_EVAL_POINTS
+# The learning-curve studies. One run per (variant, seed), evaluated CURVES_EVAL_POINTS
 # times at even intervals; the points of a curve are iterations of ONE run under the run's own poly
 # schedule (the learning rate at iteration 100 of a 300-iteration run is higher than at the end of
 # a 100-iteration run). Toy default, sized for the 2 shared CPU cores of the project (a first

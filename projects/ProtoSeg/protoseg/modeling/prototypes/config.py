@@ -62,7 +62,7 @@ def add_prototype_config(cfg):
     # e.g. ADE20K-Full's 847 classes).
     cfg.MODEL.PROTOSEG.CHUNK_SIZE = 0
     # Precision of the pixel-prototype cosine product x @ P^T (training forward, the backward's
-    # products for the embeddings' gradient, inference): "float32" (exact; today's behaviour),
+    # products for the embeddings' gradient, inference): "float32" (exact),
     # "tf32" (float32 tensors, TF32 tensor cores for these products only; on CPU = float32) or
     # "bfloat16" (x and P rounded to bfloat16, accumulated and returned in float32: the
     # tensor-core lever on the H200). Class maximum, log-sum-exp, Sinkhorn, the update and the

@@ -38,7 +38,7 @@ __all__ = [
 
 #: MODEL.PROTOSEG.SIMILARITY_PRECISION: precision of the cosine product x @ P^T (training forward,
 #: the backward's products for the gradient of x, and inference). "float32": exact float32 (the
-#: default, today's behaviour); "tf32": float32 tensors, TF32 tensor cores allowed for these
+#: default, exact); "tf32": float32 tensors, TF32 tensor cores allowed for these
 #: products only (CUDA; on CPU the same as float32); "bfloat16": x and P rounded to bfloat16, the
 #: product accumulated and returned in float32 (``out_dtype`` on CUDA; on CPU the same product
 #: computed in float32 from the rounded inputs, no faster than float32: see :func:`_bf16_mm`). The
