@@ -55,7 +55,7 @@ def get_parser():
 
 
 def main(args):
-    # (getattr: callers such as tools/studies.py parse with Detectron2's parser, without these options)
+    # (getattr: callers such as lab/studies.py parse with Detectron2's parser, without these options)
     skip_weights = getattr(args, "skip_weights", [])
     if args.eval_only and skip_weights:
         raise ValueError("--skip-weights is for training; --eval-only loads every key of MODEL.WEIGHTS")

@@ -18,8 +18,8 @@ from protoseg.config import load_config  # noqa: E402
 from protoseg.data import register_toy_scenes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-# the modules beside the scripts: datasets/toy_scenes.py (the toy-data generator), tools/studies.py
-sys.path[:0] = [str(REPO / "datasets"), str(REPO / "tools")]
+# the modules beside the scripts: datasets/toy_scenes.py (the toy-data generator), lab/studies.py
+sys.path[:0] = [str(REPO / "datasets"), str(REPO / "lab")]
 import toy_scenes  # noqa: E402
 TOY_CONFIGS = REPO / "configs" / "toy"
 

@@ -1,4 +1,4 @@
-"""tools/benchmark.py --quick: runs end to end (including its batched == per-class-loop equality
+"""lab/benchmark.py --quick: runs end to end (including its batched == per-class-loop equality
 check) and reports every section with positive finite numbers."""
 import json
 import math

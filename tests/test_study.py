@@ -1,4 +1,4 @@
-"""tools/run_study.py --quick end to end: tables, plot, parameter columns, run sharing and resume;
+"""lab/run_study.py --quick end to end: tables, plot, parameter columns, run sharing and resume;
 the learning-curve study (several evaluations of one run)."""
 import csv
 import json
@@ -11,7 +11,7 @@ import pytest
 from detectron2.modeling import build_model
 
 from protoseg.config import load_config
-from studies import ALL_STUDIES, REFERENCE_CODE, TOY_STUDY_CONFIG, read_curve  # tools/studies.py
+from studies import ALL_STUDIES, REFERENCE_CODE, TOY_STUDY_CONFIG, read_curve  # lab/studies.py
 
 from conftest import REPO
 

@@ -16,7 +16,7 @@ O(N * C * K), at the price of one more product.
 Layout. Internally the similarity matrix is computed prototype-major, column k*C + c (a (N, K, C)
 view), not class-major c*K + k: the maximum over K is then an elementwise maximum of K contiguous
 (N, C) slices, which vectorises over the classes, where a reduction over an innermost dimension of
-size 10 does not (docs/BENCHMARKS.md, "Measurements behind the code"). Everything returned is in
+size 10 does not (lab/BENCHMARKS.md, "Measurements behind the code"). Everything returned is in
 the public class-major order.
 
 Passes. The forward makes, after the product, one pass for the class maximum and its argmax (on
@@ -81,7 +81,7 @@ def _bf16_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     autograd, which ``out_dtype`` lacks): the product of the bfloat16 values computed in float32
     (products of bfloat16 numbers are exact in float32; only the order of the sums differs), as fast
     as float32. Not a bfloat16 product cast up (``torch.mm(a, b).float()``): that rounds the output
-    to 8 bits too, which changes about three times as many class argmaxes (docs/BENCHMARKS.md).
+    to 8 bits too, which changes about three times as many class argmaxes (lab/BENCHMARKS.md).
     Autocast is off inside (it would recast the inputs)."""
     with torch.autocast(device_type=a.device.type, enabled=False):
         if a.is_cuda and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
@@ -139,7 +139,7 @@ def nearest_prototype_scores(
     Returns:
         (N, C) max_k sim(x_i, p_{c,k}); no (N, C*K) tensor other than the similarities themselves.
         For cosine the result is the transpose of a contiguous (C, N) tensor: the product is
-        computed as P @ x^T, (C*K, N), which MKL runs faster than x @ P^T (docs/BENCHMARKS.md), and
+        computed as P @ x^T, (C*K, N), which MKL runs faster than x @ P^T (lab/BENCHMARKS.md), and
         the maximum over K is then an elementwise maximum of K contiguous (C, N) slabs.
     """
     check_precision(precision)
@@ -173,7 +173,7 @@ def _class_max(view: torch.Tensor, scores: torch.Tensor, best: torch.Tensor) -> 
     n, K, C = view.shape
     if view.is_cuda or C < _MIN_CLASSES_BLOCKED_ARGMAX or K > 255:
         # CUDA reduces over dim 1 well; on CPU the blocked form pays off from ~50 classes on
-        # (docs/BENCHMARKS.md). (The blocked form's uint8 weights need K <= 255.)
+        # (lab/BENCHMARKS.md). (The blocked form's uint8 weights need K <= 255.)
         torch.max(view, dim=1, out=(scores, best))
         return
     torch.amax(view, dim=1, out=scores)

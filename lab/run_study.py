@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Run the paper's ablation studies (Tables 5a-d, Table 4, Table 1's FCN rows) and write their tables.
 
-    python tools/run_study.py all                                   # toy data, 3 seeds, ~1 h on 2 cores
-    python tools/run_study.py curves --seeds 3                      # mIoU against iteration (not in `all`)
-    python tools/run_study.py curves_causes --seeds 3               # ProtoSeg switches on the same curves
-    python tools/run_study.py num_prototypes --seeds 3 --jobs 2 --threads 1
-    python tools/run_study.py distance --quick                      # smoke run: 1 seed, tiny data
-    python tools/run_study.py objective --config-file configs/ade20k/<real config>.yaml \\
+    python lab/run_study.py all                                   # toy data, 3 seeds, ~1 h on 2 cores
+    python lab/run_study.py curves --seeds 3                      # mIoU against iteration (not in `all`)
+    python lab/run_study.py curves_causes --seeds 3               # ProtoSeg switches on the same curves
+    python lab/run_study.py num_prototypes --seeds 3 --jobs 2 --threads 1
+    python lab/run_study.py distance --quick                      # smoke run: 1 seed, tiny data
+    python lab/run_study.py objective --config-file configs/ade20k/<real config>.yaml \\
         --jobs 1 --threads 8 --num-gpus 1 --output-dir output/study_ade20k
-    python tools/run_study.py vocabulary --config-file <real config> \\
+    python lab/run_study.py vocabulary --config-file <real config> \\
         --vocabulary-datasets ade20k_sem_seg_train,ade20k_sem_seg_val,150 \\
         ade20k_full_300_sem_seg_train,ade20k_full_300_sem_seg_val,300 ...
 
@@ -20,7 +20,7 @@ end) and plot mIoU against iteration; their default schedule is their own (``stu
 ``--iters N`` lengthens or shortens it (on a GPU: longer) and the points follow.
 ``--iters N`` shortens the schedule, warm-up included: the warm-up is capped at
 SOLVER.MAX_WARMUP_FRACTION of N (``protoseg.solver.effective_warmup_iters``).
-See docs/REPRODUCTION.md and ``tools/studies.py``.
+See lab/STUDIES.md and ``lab/studies.py``.
 """
 import argparse
 import sys
@@ -28,7 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from studies import ALL_STUDIES, STUDIES, TOY_STUDY_CONFIG, RunnerOptions, StudyContext, build_study, run_study  # tools/studies.py
+from studies import ALL_STUDIES, STUDIES, TOY_STUDY_CONFIG, RunnerOptions, StudyContext, build_study, run_study  # lab/studies.py
 
 from protoseg.config import load_config
 

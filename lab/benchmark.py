@@ -66,9 +66,9 @@ the speed-up of the batched step over the loop; "batched / floor" the cost of th
 the similarity product alone.
 
 Usage:
-    python tools/benchmark.py                      # CPU defaults: N=8192, D=256, ~3 minutes on 2 cores
-    python tools/benchmark.py --device cuda        # N=2*128*128 (batch 2, 512x512, stride 4), D=768
-    python tools/benchmark.py --quick --json out.json   # smoke run (tiny sizes, 1 repetition)
+    python lab/benchmark.py                      # CPU defaults: N=8192, D=256, ~3 minutes on 2 cores
+    python lab/benchmark.py --device cuda        # N=2*128*128 (batch 2, 512x512, stride 4), D=768
+    python lab/benchmark.py --quick --json out.json   # smoke run (tiny sizes, 1 repetition)
 The table goes to stdout; the JSON to --json PATH, or to stdout after the table without --json.
 """
 import argparse

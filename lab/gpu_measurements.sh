@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the prototype head's speed in one run, under 8 minutes on one
-# H100/H200, its output in OUT (default output/gpu_measurements): tools/benchmark.py --device cuda
+# H100/H200, its output in OUT (default output/gpu_measurements): lab/benchmark.py --device cuda
 # (the step against the loops and the float32 / bfloat16 floors, the step with
 # MODEL.PROTOSEG.SCORES_KERNEL triton, inference ProtoSeg / parametric, peak memory), then 200
 # iterations of the 847-class MiT-B2 model with AMP on the toy scenes for five heads: ProtoSeg
 # (torch kernel, float32; torch kernel, bfloat16; triton kernel, bfloat16), the plain softmax head
 # and the parametric 10-prototype head; a table of s/iter and peak memory.
 #
-#   bash tools/gpu_measurements.sh [OUT]          # on the GPU machine (after: source .gpu/env.sh)
-#   DRY_RUN=1 bash tools/gpu_measurements.sh OUT  # the same pipeline on the CPU, tiny and short
+#   bash lab/gpu_measurements.sh [OUT]          # on the GPU machine (after: source .gpu/env.sh)
+#   DRY_RUN=1 bash lab/gpu_measurements.sh OUT  # the same pipeline on the CPU, tiny and short
 #                                                  # (without the triton training run)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,8 +26,8 @@ else
     DEVICE=cuda; ITERS=200; BATCH=16; BENCH=()
 fi
 
-echo "== tools/benchmark.py --device $DEVICE"
-"$PY" tools/benchmark.py --device "$DEVICE" "${BENCH[@]}" --json "$OUT/benchmark.json" | tee "$OUT/benchmark.txt"
+echo "== lab/benchmark.py --device $DEVICE"
+"$PY" lab/benchmark.py --device "$DEVICE" "${BENCH[@]}" --json "$OUT/benchmark.json" | tee "$OUT/benchmark.txt"
 
 # The Table 4 model at C = 847 (8470 prototypes), reduced size, on the toy scenes (8 of the 847
 # classes occur, their ignore label 255 counts as class 255; the head's cost is that of all 847).

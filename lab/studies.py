@@ -57,7 +57,7 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # datasets/toy_scenes.py, the toy-data generator
-TOY_STUDY_CONFIG = REPO / "configs" / "toy" / "study_r18-d8_fcn_toy.yaml"
+TOY_STUDY_CONFIG = REPO / "lab" / "configs" / "study_r18-d8_fcn_toy.yaml"
 RESULT_FILE = "study_result.json"
 
 # ---- the paper's numbers (CVPR 2022, /work/shared/paper/protoseg_cvpr2022.txt) ----------------
@@ -359,7 +359,7 @@ STUDIES: Dict[str, Callable[[StudyContext], Study]] = {
 }
 
 
-# What ``tools/run_study.py all`` runs: the ablations, not the (longer) learning curves.
+# What ``lab/run_study.py all`` runs: the ablations, not the (longer) learning curves.
 ALL_STUDIES = tuple(sorted(n for n in STUDIES if not n.startswith("curves")))
 
 
@@ -613,12 +613,12 @@ def read_run_metrics(output_dir: Path, max_iter: Optional[int] = None) -> Dict[s
 
 
 def worker_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python tools/studies.py [--register-toy PREFIX=ROOT ...] -- <train_net.py arguments>``:
+    """``python lab/studies.py [--register-toy PREFIX=ROOT ...] -- <train_net.py arguments>``:
     register the toy datasets, run ``train_net.py``'s ``main`` (through Detectron2's ``launch``,
     as the script does), then write ``<OUTPUT_DIR>/study_result.json`` from its metrics.json."""
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
-    own = argparse.ArgumentParser(prog="python tools/studies.py")
+    own = argparse.ArgumentParser(prog="python lab/studies.py")
     own.add_argument("--register-toy", action="append", default=[], metavar="PREFIX=ROOT")
     args = own.parse_args(argv[:split])
     from detectron2.engine import default_argument_parser
