@@ -1,5 +1,5 @@
-"""What the multi-level decoders (HRNetV2, UperNet, SegFormer) share: checking their input
-features and bringing feature maps to one resolution."""
+"""What the multi-level decoders (HRNetV2, UperNet, SegFormer) share: the config keys they read,
+checking their input features and bringing feature maps to one resolution."""
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -7,7 +7,20 @@ import torch.nn.functional as F
 
 from detectron2.layers import ShapeSpec
 
-__all__ = ["check_multilevel_features", "resize_to"]
+__all__ = ["check_multilevel_features", "multilevel_decoder_args", "resize_to"]
+
+
+def multilevel_decoder_args(cfg, input_shape: Dict[str, ShapeSpec]) -> dict:
+    """The ``from_config`` arguments every multi-level decoder takes from
+    ``cfg.MODEL.SEM_SEG_HEAD``: input features, width (``CONVS_DIM``), dropout and norm."""
+    head = cfg.MODEL.SEM_SEG_HEAD
+    return {
+        "input_shape": input_shape,
+        "in_features": head.IN_FEATURES,
+        "channels": head.CONVS_DIM,
+        "dropout": head.DROPOUT,
+        "norm": head.NORM,
+    }
 
 
 def check_multilevel_features(

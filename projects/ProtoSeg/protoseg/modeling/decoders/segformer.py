@@ -31,7 +31,7 @@ from detectron2.layers import ShapeSpec
 
 from .build import DECODER_REGISTRY
 from .fcn import conv_norm_relu
-from .multiscale import check_multilevel_features, resize_to
+from .multiscale import check_multilevel_features, multilevel_decoder_args, resize_to
 
 __all__ = ["SegFormerMLPDecoder", "SEGFORMER_VARIANTS"]
 
@@ -76,15 +76,9 @@ class SegFormerMLPDecoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        head = cfg.MODEL.SEM_SEG_HEAD
-        return {
-            "input_shape": input_shape,
-            "in_features": head.IN_FEATURES,
-            "embed_dim": head.CONVS_DIM,
-            "variant": head.SEGFORMER_VARIANT,
-            "dropout": head.DROPOUT,
-            "norm": head.NORM,
-        }
+        args = multilevel_decoder_args(cfg, input_shape)
+        args["embed_dim"] = args.pop("channels")
+        return {**args, "variant": cfg.MODEL.SEM_SEG_HEAD.SEGFORMER_VARIANT}
 
     def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         size = features[self.in_features[0]].shape[-2:]

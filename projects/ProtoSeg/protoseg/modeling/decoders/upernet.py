@@ -17,7 +17,7 @@ from detectron2.layers import ShapeSpec
 
 from .build import DECODER_REGISTRY
 from .fcn import conv_norm_relu
-from .multiscale import check_multilevel_features, resize_to
+from .multiscale import check_multilevel_features, multilevel_decoder_args, resize_to
 
 __all__ = ["UperNetDecoder", "PyramidPoolingModule"]
 
@@ -86,15 +86,7 @@ class UperNetDecoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        head = cfg.MODEL.SEM_SEG_HEAD
-        return {
-            "input_shape": input_shape,
-            "in_features": head.IN_FEATURES,
-            "channels": head.CONVS_DIM,
-            "pool_scales": tuple(head.UPERNET_POOL_SCALES),
-            "dropout": head.DROPOUT,
-            "norm": head.NORM,
-        }
+        return {**multilevel_decoder_args(cfg, input_shape), "pool_scales": tuple(cfg.MODEL.SEM_SEG_HEAD.UPERNET_POOL_SCALES)}
 
     def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = [features[f] for f in self.in_features]
