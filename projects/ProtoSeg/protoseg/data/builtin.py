@@ -33,7 +33,7 @@ from typing import List, Optional, Sequence, Tuple
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES, CITYSCAPES_CATEGORIES
 
 from .ade20k_full import ADE20K_FULL_IGNORE, ADE20K_FULL_TABLE, ADE20K_FULL_VOCAB_SIZES, ade20k_full_classes
-from .datasets import register_sem_seg_dataset
+from .datasets import datasets_root, register_sem_seg_dataset, register_toy_scenes
 
 __all__ = [
     "ADE20K_FULL_VOCAB_SIZES",
@@ -44,6 +44,7 @@ __all__ = [
     "register_coco_stuff_10k",
     "register_ade20k_full",
     "register_all_builtin",
+    "register_all",
 ]
 
 # COCO-Stuff's 182 class names, ids 1..182 in order (cocostuff-labels.txt of nightrome/cocostuff10k;
@@ -239,3 +240,11 @@ def register_all_builtin(root: Path) -> None:
     register_cityscapes(root)
     register_coco_stuff_10k(root)
     register_ade20k_full(root)
+
+
+def register_all(root: Optional[Path] = None) -> None:
+    """Register the toy scenes and every built-in dataset under ``root`` (default:
+    :func:`~protoseg.data.datasets.datasets_root`, i.e. ``$DETECTRON2_DATASETS``)."""
+    root = Path(root) if root is not None else datasets_root()
+    register_toy_scenes(root / "toy_scenes")
+    register_all_builtin(root)

@@ -3,7 +3,8 @@ registered from one table with one function.
 
 Datasets live under ``$DETECTRON2_DATASETS`` (default ``./datasets``, as in Detectron2). The
 built-in datasets (ADE20K-150, Cityscapes, COCO-Stuff-10k, ADE20K-Full and its vocabulary splits)
-are declared in :mod:`protoseg.data.builtin`; custom folders use :func:`register_folder_dataset`.
+are declared in :mod:`protoseg.data.builtin`, which builds on this module; custom folders use
+:func:`register_folder_dataset`.
 """
 import json
 import os
@@ -21,7 +22,6 @@ __all__ = [
     "register_sem_seg_dataset",
     "register_folder_dataset",
     "register_toy_scenes",
-    "register_all",
 ]
 
 PathLike = Union[str, Path]
@@ -234,12 +234,3 @@ def register_toy_scenes(root: Path, prefix: str = "toy_scenes_sem_seg") -> None:
             hint=hint,
         )
 
-
-def register_all(root: Optional[Path] = None) -> None:
-    """Register the built-in datasets under ``root`` (default: :func:`datasets_root`); see
-    :mod:`protoseg.data.builtin` for the names."""
-    from . import builtin  # imports this module's register_sem_seg_dataset
-
-    root = Path(root) if root is not None else datasets_root()
-    register_toy_scenes(root / "toy_scenes")
-    builtin.register_all_builtin(root)
