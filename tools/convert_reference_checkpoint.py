@@ -28,15 +28,12 @@ BGR`` with the usual ``PIXEL_MEAN``/``PIXEL_STD``), and it upsamples logits with
 ``align_corners=True``. A config without these gives other outputs from the same weights.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from convert_pretrained import (  # noqa: E402  (this tool builds on the backbone converter)
+from convert_pretrained import (  # this tool builds on the backbone converter beside it
     BN,
     UnmappedKeysError,
     check_against,
@@ -45,9 +42,9 @@ from convert_pretrained import (  # noqa: E402  (this tool builds on the backbon
     rename,
     summarize,
 )
-from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling import build_model
 
-from protoseg.config import load_config  # noqa: E402
+from protoseg.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "cityscapes" / "reference_protoseg_hrnetv2_W48_bs8_80k.yaml"

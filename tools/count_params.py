@@ -9,17 +9,13 @@ The model is built on the CPU with random weights (nothing is loaded). Counts ar
 """
 import argparse
 import logging
-import sys
-from pathlib import Path
 
 from tabulate import tabulate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "projects" / "ProtoSeg"))
+from detectron2.modeling import build_model
 
-from detectron2.modeling import build_model  # noqa: E402
-
-from protoseg.config import load_config  # noqa: E402
-from protoseg.modeling.parameter_count import parameter_counts  # noqa: E402
+from protoseg.config import load_config
+from protoseg.modeling.parameter_count import parameter_counts
 
 
 def count_config(config_file: str, opts=()):

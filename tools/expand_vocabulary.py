@@ -13,17 +13,14 @@ rest of the network is copied. The optimizer state is not carried over (a new ru
 ``protoseg/vocabulary.py``.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "projects" / "ProtoSeg"))
+from detectron2.data import MetadataCatalog
 
-from detectron2.data import MetadataCatalog  # noqa: E402
-
-import protoseg  # noqa: E402,F401  (registers the datasets)
-from protoseg.vocabulary import expand_vocabulary  # noqa: E402
+import protoseg  # noqa: F401  (registers the datasets)
+from protoseg.vocabulary import expand_vocabulary
 
 
 def class_list(dataset, path):
