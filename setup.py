@@ -9,6 +9,7 @@ setup(
     name="protoseg-d2",
     version="0.1.0",
     description="ProtoSeg (Rethinking Semantic Segmentation: A Prototype View, CVPR 2022) for Detectron2",
+    license="Apache-2.0",
     package_dir={"": "projects/ProtoSeg"},
     packages=find_packages("projects/ProtoSeg"),
     # ADE20K-Full's fixed 847-class table (MaskFormer's), read by protoseg/data/ade20k_full.py
