@@ -30,8 +30,8 @@ anything else, naming the key, when the model is built) and meaning. Written by
 
 
 def cell(text: str) -> str:
-    """``text`` fit for a Markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """``text`` fit for a Markdown table cell (no column break, no HTML tag)."""
+    return text.replace("|", "\\|").replace("<", "\\<").replace("\n", " ")
 
 
 def key_table(keys, cfg) -> list:

@@ -2,7 +2,8 @@
 
 A module that reads keys declares them once, next to its code, as a table of :class:`Key` entries
 (name, default, rule, meaning) passed to :func:`declare`; its ``add_*_config(cfg)`` applies the
-table with :func:`add_keys`. :data:`KEYS` is the registry of every declared key (filled as the
+table with :func:`add_keys`. (The prototype memory's keys are declared by the head that builds it,
+as ``modeling/prototypes`` imports nothing else of the package.) :data:`KEYS` is the registry of every declared key (filled as the
 declaring modules are imported; ``protoseg.config.add_protoseg_config`` imports them all).
 A rule states the allowed range, choices, type or length; a module that guards an object built
 without a config takes its choices from the same constant as its declaration.

@@ -12,8 +12,8 @@ METRIC_PATTERN = r"(?:[^/]+/)?sem_seg/(?:{}|(?:IoU|ACC)-.+)".format("|".join(map
 
 KEYS = declare(__name__, [
     Key("SOLVER.BEST_CHECKPOINT_METRIC", "sem_seg/mIoU",
-        Matches(f"|{METRIC_PATTERN}",
-                f"\"\" or \"sem_seg/<metric>\", <metric> one of {', '.join(SUMMARY_METRICS)}, IoU-<class>, ACC-<class>"),
+        Matches(f"|{METRIC_PATTERN}", f"\"\" or \"sem_seg/<metric>\", <metric> one of "
+                                      f"{', '.join(SUMMARY_METRICS)}, IoU-<class>, ACC-<class>"),
         "Metric that selects the best checkpoint (model_best.pth) at each evaluation (the highest is kept); "
         "\"\" disables."),
     Key("SOLVER.NONFINITE_SKIP_LIMIT", 10, Integer(ge=0),
