@@ -1,37 +1,44 @@
-"""One check of every configuration value the project reads, before anything is built.
+"""The declaration of every configuration key the project reads, and one check of them all.
 
-:data:`RULES` is a table ``key -> rule`` (allowed range, choices, type, length) of the project's
-keys (``protoseg/config.py`` and the ``config.py`` of its modules) and of the Detectron2 keys it
-gives a meaning to (``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` / ``IGNORE_VALUE``). :func:`check_config`
-applies all of it and raises one ``ValueError`` listing every problem, each naming the key, its
-value and what is allowed::
+A module that reads keys declares them once, next to its code, as a table of :class:`Key` entries
+(name, default, rule, meaning) passed to :func:`declare`; its ``add_*_config(cfg)`` applies the
+table with :func:`add_keys`. (The prototype memory's keys are declared by the head that builds it,
+as ``modeling/prototypes`` imports nothing else of the package.) :data:`KEYS` is the registry of every declared key (filled as the
+declaring modules are imported; ``protoseg.config.add_protoseg_config`` imports them all).
+A rule states the allowed range, choices, type or length; a module that guards an object built
+without a config takes its choices from the same constant as its declaration.
+
+:func:`check_config` applies the rule of every declared key the config has and raises one
+``ValueError`` listing every problem, each naming the key, its value and what is allowed::
 
     MODEL.PROTOSEG.NUM_PROTOTYPES = 0: must be an integer >= 1
     MODEL.PROTOSEG.SINKHORN_ITERS = -1: must be an integer >= 0
 
-A key that the table does not know, or that the config does not have, is not checked. A bound may
-name another key (``min="MODEL.SEM_SEG_HEAD.NUM_CLASSES"``); it is then read from the same config,
-and the rule is skipped while that key is itself invalid (its own problem is reported).
-
-The modules keep their own checks (e.g. the heads' choices): those also guard objects built
-without a config. The choices here are literal copies (this module imports nothing of the
-project, so that any module can call it); tests/test_config_checks.py keeps them equal to the
-modules' constants.
+A bound may name another key (``ge="MODEL.SEM_SEG_HEAD.NUM_CLASSES"``); it is then read from the
+same config, and the rule is skipped while that key is itself invalid (its own problem is
+reported). This module imports nothing of the project, so that every module can declare keys.
 """
+import copy
 import math
 import numbers
 import operator
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["RULES", "check_config", "config_problems"]
+__all__ = [
+    "DETECTRON2", "KEYS", "Key", "add_keys", "check_config", "config_problems", "declare", "format_value", "leaves",
+    "lookup",
+    "Rule", "Number", "Integer", "Boolean", "OneOf", "Items", "Subset", "Matches", "Registered", "When", "AllOf",
+]
 
 Bound = Union[None, int, float, str]  # a number, or the name of the key that holds it
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 
-def _lookup(cfg, key: str, default=None):
-    """``cfg``'s value at the dotted ``key`` (``default`` when a node on the way is missing)."""
+def lookup(cfg, key: str, default=None):
+    """``cfg``'s value at the dotted ``key`` (``default`` when a node on the way is missing, or
+    when ``cfg`` is None)."""
     node = cfg
     for part in key.split("."):
         if not hasattr(node, "get") or part not in node:
@@ -48,10 +55,18 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def format_value(value) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
 class Rule:
-    """A check of one value: :meth:`problem` is None when ``value`` is allowed, else what is."""
+    """A check of one value: :meth:`problem` is None when ``value`` is allowed, else what is;
+    :meth:`describe` says what is allowed (with ``cfg`` None: without the values of the keys it names)."""
 
     def problem(self, value, cfg) -> Optional[str]:
+        raise NotImplementedError
+
+    def describe(self, cfg=None) -> str:
         raise NotImplementedError
 
 
@@ -67,18 +82,22 @@ class Number(Rule):
     lt: Bound = None
 
     def _bounds(self, cfg) -> Optional[List[Tuple[str, Any, str]]]:
-        """[(operator, value, text)] of the set ends; None if a key they name is not a number."""
+        """[(operator, value, text)] of the set ends (value None when ``cfg`` is None); None if a
+        key they name is not a number."""
         out = []
         for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)):
             if bound is None:
                 continue
-            value = _lookup(cfg, bound) if isinstance(bound, str) else bound
-            if not _is_number(value):
+            if not isinstance(bound, str):
+                out.append((op, bound, f"{bound}"))
+                continue
+            value = lookup(cfg, bound)
+            if cfg is not None and not _is_number(value):
                 return None
-            out.append((op, value, f"{bound} ({value})" if isinstance(bound, str) else f"{bound}"))
+            out.append((op, value, bound if cfg is None else f"{bound} ({value})"))
         return out
 
-    def describe(self, cfg, plural: bool = False) -> str:
+    def describe(self, cfg=None, plural: bool = False) -> str:
         """e.g. "an integer >= 1", "numbers in (0, 1]"."""
         noun = ("integers" if plural else "an integer") if self.integer else ("numbers" if plural else "a number")
         bounds = self._bounds(cfg) or []
@@ -106,31 +125,69 @@ def Integer(**bounds) -> Number:
 class Boolean(Rule):
     """True or False (not 0 / 1, not "true")."""
 
+    def describe(self, cfg=None) -> str:
+        return "True or False"
+
     def problem(self, value, cfg) -> Optional[str]:
         return None if isinstance(value, bool) else "must be True or False"
 
 
-@dataclass(frozen=True)
-class Text(Rule):
-    """Any string (e.g. a metric name; "" often means off)."""
-
-    def problem(self, value, cfg) -> Optional[str]:
-        return None if isinstance(value, str) else "must be a string"
+def _same(value, choice, ignore_case: bool) -> bool:
+    """``value`` is ``choice`` (strings in any case when ``ignore_case``; a bool is no number)."""
+    if isinstance(choice, str):
+        return isinstance(value, str) and (value.upper() == choice.upper() if ignore_case else value == choice)
+    return type(value) is type(choice) and value == choice
 
 
 @dataclass(frozen=True)
 class OneOf(Rule):
-    """One of the strings ``choices`` (in any case when ``ignore_case``)."""
+    """One of ``choices`` (strings, in any case when ``ignore_case``, or numbers)."""
 
-    choices: Tuple[str, ...]
+    choices: Tuple[Any, ...]
     ignore_case: bool = False
 
-    def problem(self, value, cfg) -> Optional[str]:
-        fold = (lambda s: s.upper()) if self.ignore_case else (lambda s: s)
-        if isinstance(value, str) and fold(value) in {fold(c) for c in self.choices}:
-            return None
+    def __post_init__(self):
+        object.__setattr__(self, "choices", tuple(self.choices))
+
+    def describe(self, cfg=None) -> str:
         case = " (any case)" if self.ignore_case else ""
-        return f"must be one of {', '.join(repr(c) for c in self.choices)}{case}"
+        return f"one of {', '.join(repr(c) for c in self.choices)}{case}"
+
+    def problem(self, value, cfg) -> Optional[str]:
+        if any(_same(value, c, self.ignore_case) for c in self.choices):
+            return None
+        return f"must be {self.describe(cfg)}"
+
+
+@dataclass(frozen=True)
+class Registered(Rule):
+    """The name of an object in a Detectron2 ``Registry`` (looked up when checked, so that every
+    object registered by then counts)."""
+
+    registry: Any = field(compare=False)
+    registry_name: str = ""
+
+    def describe(self, cfg=None) -> str:
+        names = "" if cfg is None else ": " + ", ".join(repr(n) for n in sorted(name for name, _ in self.registry))
+        return f"a name in {self.registry_name}{names}"
+
+    def problem(self, value, cfg) -> Optional[str]:
+        return None if isinstance(value, str) and value in self.registry else f"must be {self.describe(cfg)}"
+
+
+@dataclass(frozen=True)
+class Matches(Rule):
+    """A string that matches the regular expression ``pattern`` entirely; ``meaning`` says what in words."""
+
+    pattern: str
+    meaning: str
+
+    def describe(self, cfg=None) -> str:
+        return self.meaning
+
+    def problem(self, value, cfg) -> Optional[str]:
+        ok = isinstance(value, str) and re.fullmatch(self.pattern, value) is not None
+        return None if ok else f"must be {self.meaning}"
 
 
 @dataclass(frozen=True)
@@ -146,17 +203,21 @@ class Items(Rule):
     each_at_most: Optional[str] = None
 
     def _length(self, cfg):
-        return _lookup(cfg, self.length) if isinstance(self.length, str) else self.length
+        return lookup(cfg, self.length) if isinstance(self.length, str) else self.length
 
-    def describe(self, cfg) -> str:
-        n = self._length(cfg)
-        count = "one or more" if n is None else f"{self.length} ({n})" if isinstance(self.length, str) else f"{n}"
+    def describe(self, cfg=None) -> str:
+        if self.length is None:
+            count = "one or more"
+        elif isinstance(self.length, str):
+            count = self.length if cfg is None else f"{self.length} ({self._length(cfg)})"
+        else:
+            count = f"{self.length}"
         text = f"{count} {self.item.describe(cfg, plural=True)}"
         if self.order:
             text += f", each {self.order} the next"
         if self.each_at_most:
-            limit = _lookup(cfg, self.each_at_most)
-            text += f", each at most the same entry of {self.each_at_most} ({_format(limit)})"
+            limit = "" if cfg is None else f" ({format_value(lookup(cfg, self.each_at_most))})"
+            text += f", each at most the same entry of {self.each_at_most}{limit}"
         return text + (", or empty" if self.or_empty else "")
 
     def problem(self, value, cfg) -> Optional[str]:
@@ -176,10 +237,30 @@ class Items(Rule):
             return False
         if self.order and not all(_COMPARE[self.order](a, b) for a, b in zip(values, values[1:])):
             return False
-        limit = _lookup(cfg, self.each_at_most) if self.each_at_most else None
+        limit = lookup(cfg, self.each_at_most) if self.each_at_most else None
         if isinstance(limit, (list, tuple)) and len(limit) == len(values) and all(_is_number(x) for x in limit):
             return all(v <= x for v, x in zip(values, limit))
         return True
+
+
+@dataclass(frozen=True)
+class Subset(Rule):
+    """A non-empty list or tuple of distinct names from ``choices``."""
+
+    choices: Tuple[str, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "choices", tuple(self.choices))
+
+    def describe(self, cfg=None) -> str:
+        return f"one or more of {', '.join(repr(c) for c in self.choices)}, no repeats"
+
+    def problem(self, value, cfg) -> Optional[str]:
+        ok = (
+            isinstance(value, (list, tuple)) and len(value) > 0 and len(set(value)) == len(value)
+            and all(isinstance(v, str) and v in self.choices for v in value)
+        )
+        return None if ok else f"must be {self.describe(cfg)}"
 
 
 @dataclass(frozen=True)
@@ -189,105 +270,106 @@ class When(Rule):
     enabled_by: str
     rule: Rule
 
+    def describe(self, cfg=None) -> str:
+        return f"with {self.enabled_by} True: {self.rule.describe(cfg)}"
+
     def problem(self, value, cfg) -> Optional[str]:
-        if _lookup(cfg, self.enabled_by) is not True:
+        if lookup(cfg, self.enabled_by) is not True:
             return None
         found = self.rule.problem(value, cfg)
         return f"{found} (with {self.enabled_by} True)" if found else None
 
 
-_POSITIVE = Number(gt=0)
-_POSITIVE_RANGE = Items(_POSITIVE, length=2, order="<=")  # (low, high), 0 < low <= high
-_POSITIVE_INT = Integer(ge=1)
-_COUNT = Integer(ge=0)  # 0 usually means "off"
-_WEIGHT = Number(ge=0)
+@dataclass(frozen=True)
+class AllOf(Rule):
+    """Every one of ``rules``; the first one's problem is reported."""
 
-#: key -> rule, for every value the project reads (see ``protoseg/config.py`` for their meaning)
-RULES: Dict[str, Rule] = {
-    # ---- the prototype head ------------------------------------------------------------------
-    "MODEL.PROTOSEG.NUM_PROTOTYPES": _POSITIVE_INT,
-    "MODEL.PROTOSEG.MOMENTUM": Number(ge=0, le=1),
-    "MODEL.PROTOSEG.SINKHORN_ITERS": _COUNT,
-    "MODEL.PROTOSEG.SINKHORN_KAPPA": _POSITIVE,
-    "MODEL.PROTOSEG.PPC_TEMPERATURE": _POSITIVE,
-    "MODEL.PROTOSEG.PPC_WEIGHT": _WEIGHT,
-    "MODEL.PROTOSEG.PPD_WEIGHT": _WEIGHT,
-    "MODEL.PROTOSEG.WARMUP_ITERS": _COUNT,
-    "MODEL.PROTOSEG.UPDATE_FROM_CORRECT_ONLY": Boolean(),
-    "MODEL.PROTOSEG.ASSIGNMENT": OneOf(("argmax", "gumbel")),
-    "MODEL.PROTOSEG.CLASS_SCORE_NORM": OneOf(("layernorm", "temperature")),
-    "MODEL.PROTOSEG.CLASS_SCORE_TEMPERATURE": _POSITIVE,
-    "MODEL.PROTOSEG.FEATURE_LAYERNORM": Boolean(),
-    "MODEL.PROTOSEG.PROJECTION": OneOf(("none", "mlp", "reference_mlp")),
-    "MODEL.PROTOSEG.DISTANCE": OneOf(("cosine", "euclidean", "huber")),
-    "MODEL.PROTOSEG.HUBER_DELTA": _POSITIVE,
-    "MODEL.PROTOSEG.CHUNK_SIZE": _COUNT,
-    "MODEL.PROTOSEG.SIMILARITY_PRECISION": OneOf(("float32", "tf32", "bfloat16")),
-    "MODEL.PROTOSEG.SCORES_KERNEL": OneOf(("torch", "triton")),
-    "MODEL.PROTOSEG.INIT_STD": _POSITIVE,
-    "MODEL.PROTOSEG.SYNC_CHECK_PERIOD": _COUNT,
-    # ---- the parametric baselines --------------------------------------------------------------
-    "MODEL.PARAMETRIC.NUM_PROTOTYPES": _POSITIVE_INT,
-    # ---- classes, heads and decoders -----------------------------------------------------------
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES": _POSITIVE_INT,
-    # not a class id, and a value a 16-bit label map can hold
-    "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": Integer(ge="MODEL.SEM_SEG_HEAD.NUM_CLASSES", le=65535),
-    "MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS": Items(_POSITIVE, length="MODEL.SEM_SEG_HEAD.NUM_CLASSES", or_empty=True),
-    "MODEL.SEM_SEG_HEAD.UPSAMPLE_ALIGN_CORNERS": Boolean(),
-    "MODEL.SEM_SEG_HEAD.NUM_CONVS": _POSITIVE_INT,
-    "MODEL.SEM_SEG_HEAD.CONCAT_INPUT": Boolean(),
-    "MODEL.SEM_SEG_HEAD.DROPOUT": Number(ge=0, lt=1),
-    "MODEL.SEM_SEG_HEAD.HRNET_VARIANT": OneOf(("mmseg", "reference")),
-    "MODEL.SEM_SEG_HEAD.UPERNET_POOL_SCALES": Items(_POSITIVE_INT),
-    "MODEL.SEM_SEG_HEAD.SEGFORMER_VARIANT": OneOf(("original", "mmseg")),
-    "MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT": _WEIGHT,
-    "MODEL.SEM_SEG_HEAD.AUX_CHANNELS": _POSITIVE_INT,
-    "MODEL.SEM_SEG_HEAD.AUX_NUM_CONVS": _POSITIVE_INT,
-    # ---- training data -------------------------------------------------------------------------
-    "INPUT.SCALE_JITTER.ENABLED": Boolean(),
-    "INPUT.SCALE_JITTER.BASE_SIZE": Items(_POSITIVE_INT, length=2, order=">="),  # (long side, short side)
-    "INPUT.SCALE_JITTER.RATIO_RANGE": _POSITIVE_RANGE,
-    "INPUT.SCALE_JITTER.MODE": OneOf(("base_size", "image_size")),
-    "INPUT.SCALE_JITTER.ASPECT_RANGE": _POSITIVE_RANGE,
-    "INPUT.PHOTOMETRIC_JITTER": Boolean(),
-    "INPUT.BRIGHTNESS_JITTER": Integer(ge=0, le=255),
-    "INPUT.PAD.POSITION": OneOf(("bottom_right", "random")),
-    "INPUT.PAD.IMAGE_VALUE": OneOf(("zero", "pixel_mean")),
-    # ---- test protocol -------------------------------------------------------------------------
-    "TEST.SLIDING_WINDOW.ENABLED": Boolean(),
-    "TEST.SLIDING_WINDOW.SIZE": Items(_POSITIVE_INT, length=2),
-    # a larger step leaves pixels in no window
-    "TEST.SLIDING_WINDOW.STRIDE": When(
-        "TEST.SLIDING_WINDOW.ENABLED", Items(_POSITIVE_INT, length=2, each_at_most="TEST.SLIDING_WINDOW.SIZE")
-    ),
-    "TEST.SLIDING_WINDOW.BATCH_SIZE": _POSITIVE_INT,
-    # ---- solver --------------------------------------------------------------------------------
-    "SOLVER.OPTIMIZER": OneOf(("SGD", "ADAMW"), ignore_case=True),
-    "SOLVER.HEAD_LR_MULTIPLIER": _POSITIVE,
-    "SOLVER.WEIGHT_DECAY_EMBED": _WEIGHT,
-    "SOLVER.NONFINITE_SKIP_LIMIT": _COUNT,
-    "SOLVER.MAX_WARMUP_FRACTION": Number(gt=0, le=1),
-    "SOLVER.BEST_CHECKPOINT_METRIC": Text(),
-}
+    rules: Tuple[Rule, ...]
 
-_MISSING = object()
+    def describe(self, cfg=None) -> str:
+        return "; ".join(rule.describe(cfg) for rule in self.rules)
+
+    def problem(self, value, cfg) -> Optional[str]:
+        return next((found for found in (rule.problem(value, cfg) for rule in self.rules) if found), None)
 
 
-def _format(value) -> str:
-    return repr(list(value) if isinstance(value, tuple) else value)
+# ---- declarations -----------------------------------------------------------------------------
+
+#: the default of a key that Detectron2 declares (the project gives it a rule and a meaning)
+DETECTRON2 = type("Detectron2Default", (), {"__repr__": lambda self: "DETECTRON2"})()
 
 
-def config_problems(cfg, rules: Optional[Dict[str, Rule]] = None) -> List[str]:
-    """Every problem of ``cfg`` under ``rules`` (default :data:`RULES`), in table order, each as
-    ``"KEY = VALUE: must be ..."``; empty when all is well."""
-    problems = []
-    for key, rule in (RULES if rules is None else rules).items():
-        value = _lookup(cfg, key, _MISSING)
-        if value is _MISSING:
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its dotted ``name``, its ``default`` (:data:`DETECTRON2` for a key of
+    Detectron2's defaults), the ``rule`` of its allowed values and its meaning (``help``).
+    ``module`` is the declaring module (set by :func:`declare`)."""
+
+    name: str
+    default: Any
+    rule: Rule
+    help: str
+    module: str = ""
+
+
+#: name -> Key of every declared key, in the order the declaring modules were imported
+KEYS: Dict[str, Key] = {}
+
+
+def declare(module: str, keys: Iterable[Key]) -> Tuple[Key, ...]:
+    """Register ``keys``, declared by ``module`` (its ``__name__``), in :data:`KEYS` and return them.
+    A key belongs to one module: declaring it from a second one raises ``ValueError``."""
+    declared = []
+    for key in keys:
+        owner = KEYS.get(key.name)
+        if owner is not None and owner.module != module:
+            raise ValueError(f"config key {key.name} is declared by {owner.module} and again by {module}")
+        key = Key(key.name, key.default, key.rule, key.help, module)
+        KEYS[key.name] = key
+        declared.append(key)
+    return tuple(declared)
+
+
+def add_keys(cfg, keys: Sequence[Key]) -> None:
+    """Set every key of ``keys`` to its default in ``cfg`` (creating the nodes on its way), in place.
+    A :data:`DETECTRON2` key must already be there (``cfg`` starts from Detectron2's defaults)."""
+    node_type = type(cfg)
+    for key in keys:
+        *parents, leaf = key.name.split(".")
+        node = cfg
+        for part in parents:
+            if part not in node:
+                setattr(node, part, node_type())
+            node = node[part]
+        if key.default is DETECTRON2:
+            if leaf not in node:
+                raise KeyError(f"{key.name} is declared as a Detectron2 key, but the config has no such key")
             continue
-        found = rule.problem(value, cfg)
+        setattr(node, leaf, copy.deepcopy(key.default))
+
+
+# ---- checks -----------------------------------------------------------------------------------
+
+def leaves(node, prefix: str = ""):
+    """(dotted name, value) of every leaf of a config node, in the node's order."""
+    for name, value in node.items():
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def config_problems(cfg, keys: Optional[Dict[str, Key]] = None) -> List[str]:
+    """Every problem of ``cfg`` under the declared ``keys`` (default :data:`KEYS`), in the config's
+    order, each as ``"KEY = VALUE: must be ..."``; empty when all is well. Keys the config does
+    not have, and the config's keys that nothing declares, are not checked."""
+    keys = KEYS if keys is None else keys
+    problems = []
+    for name, value in leaves(cfg):
+        key = keys.get(name)
+        found = key.rule.problem(value, cfg) if key is not None else None
         if found:
-            problems.append(f"{key} = {_format(value)}: {found}")
+            problems.append(f"{name} = {format_value(value)}: {found}")
     return problems
 
 

@@ -9,31 +9,40 @@ from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
 
+from .config_checks import Key, Number, OneOf, add_keys, declare
+
 __all__ = ["add_solver_config", "build_optimizer", "build_lr_scheduler", "effective_warmup_iters"]
 
 logger = logging.getLogger(__name__)
 
 
+OPTIMIZERS = ("SGD", "ADAMW")
+
+KEYS = declare(__name__, [
+    Key("SOLVER.OPTIMIZER", "SGD", OneOf(OPTIMIZERS, ignore_case=True),
+        "\"SGD\" (FCN, HRNet in the paper) or \"ADAMW\" (Swin, SegFormer)."),
+    Key("SOLVER.POLY_LR_POWER", 0.9, Number(ge=0),
+        "Power of the \"WarmupPolyLR\" schedule (SOLVER.LR_SCHEDULER_NAME): lr = BASE_LR * (1 - iter / "
+        "MAX_ITER) ** POLY_LR_POWER after the warm-up (DeepLab's key)."),
+    Key("SOLVER.WEIGHT_DECAY_EMBED", 0.0, Number(ge=0),
+        "Weight decay of position embeddings and relative position bias tables (Swin); mmseg's Swin recipe: "
+        "0. (Normalisation layers: Detectron2's SOLVER.WEIGHT_DECAY_NORM.)"),
+    Key("SOLVER.HEAD_LR_MULTIPLIER", 1.0, Number(gt=0),
+        "Learning-rate multiplier of every parameter outside the backbone (decoder, classifier, aux head); "
+        "mmseg's SegFormer recipe: 10 (\"head\": lr_mult 10)."),
+    Key("SOLVER.MAX_WARMUP_FRACTION", 0.1, Number(gt=0, le=1),
+        "Longest warm-up, as a fraction of SOLVER.MAX_ITER: the schedule warms up over "
+        "min(SOLVER.WARMUP_ITERS, floor(MAX_WARMUP_FRACTION * MAX_ITER)) iterations (every LR_SCHEDULER_NAME), "
+        "with a warning when that is shorter than WARMUP_ITERS. A warm-up ramps towards the learning rate at "
+        "its end, so the AdamW recipes' 1500 iterations in a short run would otherwise train at ~0 lr. The "
+        "paper's schedules (1500 of 40k-160k) are unchanged. 1.0: never shortened (beyond MAX_ITER itself)."),
+])
+
+
 def add_solver_config(cfg):
     """Add the solver keys this module reads to ``cfg`` in place (called by ``add_protoseg_config``)."""
-    # "SGD" (FCN, HRNet in the paper) or "ADAMW" (Swin, SegFormer). Poly schedule: set
-    # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR" and SOLVER.POLY_LR_POWER (DeepLab's keys).
-    cfg.SOLVER.OPTIMIZER = "SGD"
-    # Weight decay of position embeddings and relative position bias tables (Swin); mmseg's Swin
-    # recipe: 0. (Normalisation layers: Detectron2's SOLVER.WEIGHT_DECAY_NORM.)
-    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
-    # Learning-rate multiplier of every parameter outside the backbone (decoder, classifier, aux
-    # head); mmseg's SegFormer recipe: 10 ("head": lr_mult 10).
-    cfg.SOLVER.HEAD_LR_MULTIPLIER = 1.0
-    # Longest warm-up, as a fraction of SOLVER.MAX_ITER: the schedule warms up over
-    # min(SOLVER.WARMUP_ITERS, floor(MAX_WARMUP_FRACTION * MAX_ITER)) iterations (every
-    # LR_SCHEDULER_NAME), with a warning when that is shorter than WARMUP_ITERS. A warm-up ramps
-    # towards the learning rate at its end, so the AdamW recipes' 1500 iterations in a short run
-    # would otherwise train at ~0 lr. The paper's schedules (1500 of 40k-160k) are unchanged.
-    # In (0, 1]; 1.0: never shortened (beyond MAX_ITER itself).
-    cfg.SOLVER.MAX_WARMUP_FRACTION = 0.1
+    add_keys(cfg, KEYS)
 
-OPTIMIZERS = ("SGD", "ADAMW")
 
 #: parameter names (last component) that get ``SOLVER.WEIGHT_DECAY_EMBED``: Swin's absolute
 #: position embedding and relative position bias tables (timm's names)

@@ -10,8 +10,10 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
 from detectron2.projects.deeplab.resnet import DeepLabStem, build_resnet_deeplab_backbone
 
-__all__ = ["DilatedBasicBlock", "build_dilated_resnet_backbone"]
+__all__ = ["DilatedBasicBlock", "STEM_TYPES", "build_dilated_resnet_backbone"]
 
+#: MODEL.RESNETS.STEM_TYPE: DeepLab's 3-conv deep stem or the 7x7 conv
+STEM_TYPES = ("deeplab", "basic")
 BASIC_BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 
 
@@ -39,7 +41,7 @@ def build_dilated_resnet_backbone(cfg, input_shape: ShapeSpec):
     elif r.STEM_TYPE == "basic":
         stem = BasicStem(input_shape.channels, r.STEM_OUT_CHANNELS, norm=norm)
     else:
-        raise ValueError(f"MODEL.RESNETS.STEM_TYPE must be 'basic' or 'deeplab', got {r.STEM_TYPE!r}")
+        raise ValueError(f"MODEL.RESNETS.STEM_TYPE must be one of {STEM_TYPES}, got {r.STEM_TYPE!r}")
     dilations = {2: 1, 3: 1, 4: r.RES4_DILATION, 5: r.RES5_DILATION}
     last_stage = max({"res2": 2, "res3": 3, "res4": 4, "res5": 5}[f] for f in r.OUT_FEATURES)
     in_channels, out_channels = r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS

@@ -21,7 +21,7 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from timm.models.hrnet import HighResolutionModule, HighResolutionNet, cfg_cls
 
-from .config import ALL_STAGES, stage_indices
+from .stages import ALL_STAGES, stage_indices
 
 __all__ = ["HRNetBackbone", "build_hrnet_backbone", "replace_batchnorm"]
 

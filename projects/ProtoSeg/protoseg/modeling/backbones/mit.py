@@ -26,7 +26,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from timm.layers import DropPath, trunc_normal_
 
-from .config import ALL_STAGES, stage_indices
+from .stages import ALL_STAGES, stage_indices
 
 __all__ = ["MixVisionTransformer", "build_mit_backbone", "MIT_VARIANTS"]
 

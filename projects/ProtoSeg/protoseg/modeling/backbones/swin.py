@@ -30,7 +30,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, window_partition, window_reverse
 
-from .config import ALL_STAGES, stage_indices
+from .stages import ALL_STAGES, stage_indices
 
 __all__ = ["SwinBackbone", "build_swin_backbone", "shifted_window_block"]
 

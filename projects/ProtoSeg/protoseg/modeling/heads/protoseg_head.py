@@ -91,7 +91,7 @@ class ProtoSegHead(DecoderClassifierHead):
             memory: the prototype memory, (C, K, D) with D = decoder.out_channels.
             aux_head: optional auxiliary FCN head (training only, ``loss_aux``), see the base class.
             loss_kwargs: the base class's ``class_weights`` and ``upsample_align_corners``.
-            Other arguments: the MODEL.PROTOSEG keys of the same name (see prototypes/config.py).
+            Other arguments: the MODEL.PROTOSEG keys of the same name (see heads/config.py).
         """
         super().__init__(
             decoder,
