@@ -88,7 +88,9 @@ class ImageFileInfo:
         """One line on the bit-depth conversion, or None for 8-bit files."""
         if self.bits <= 8:
             return None
-        return f"{self.bits}-bit (mode {self.mode}): scaled to 8-bit by {SIXTEEN_BIT_RULE}"
+        stored = f"{self.bits}-bit (mode {self.mode}, values in the 16-bit range)" if self.mode == "I" else (
+            f"{self.bits}-bit (mode {self.mode})")
+        return f"{stored}: scaled to 8-bit by {SIXTEEN_BIT_RULE}"
 
     @property
     def rotation(self) -> Optional[str]:

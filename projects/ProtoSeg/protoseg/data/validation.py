@@ -197,7 +197,8 @@ def inspect_dataset(name: str, num_workers: int = 0) -> DatasetScan:
     ignore_label = meta.get("ignore_label", 255)
     classes = meta.get("stuff_classes", None)
     if classes is None:
-        return DatasetScan([DatasetProblem("missing_metadata", name, "MetadataCatalog has no stuff_classes (is the dataset prepared?)")])
+        message = "MetadataCatalog has no stuff_classes (is the dataset prepared?)"
+        return DatasetScan([DatasetProblem("missing_metadata", name, message)])
     if not dicts:
         return DatasetScan(check_dataset_summary(name, [], classes, ignore_label))
     check = partial(_check_sample, num_classes=len(classes), ignore_label=ignore_label)
