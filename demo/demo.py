@@ -11,7 +11,11 @@
 ``--input`` takes files, globs and folders; ``--output`` is a file (one input) or a folder (made
 if missing). Without ``--output`` the pictures are shown in an OpenCV window (needs a GUI build of
 OpenCV, not opencv-python-headless). The inputs and MODEL.WEIGHTS are checked before the model is
-built; without MODEL.WEIGHTS the demo refuses to run unless ``--allow-random-weights`` is given.
+built: every input is decoded once; a file named on its own that is not a readable image is an
+error, the files of a glob or folder that are not are skipped and listed in one warning. Without
+MODEL.WEIGHTS the demo refuses to run unless ``--allow-random-weights`` is given. Images are read
+as training reads them (``protoseg.data.image_io``: 16-bit scaled to 8 bits, EXIF orientation
+applied).
 """
 import argparse
 import glob
@@ -25,13 +29,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predictor import SemSegDemo, save_label_map  # noqa: E402
 
 from protoseg.config import load_config  # noqa: E402  (importing protoseg registers the datasets)
+from protoseg.data.image_io import ImageReadError, inspect_image, read_image  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 WINDOW_NAME = "ProtoSeg"
@@ -67,18 +71,45 @@ def check_weights(weights, allow_random):
 
 
 def expand_inputs(patterns):
-    """Files, globs and folders -> list of image paths (folders: their images, sorted; globs:
-    sorted); FileNotFoundError naming a pattern that matches no readable file."""
-    paths = []
+    """Files, globs and folders -> list of paths (folders: their files with an image extension,
+    sorted; globs: sorted); FileNotFoundError naming a pattern that matches no readable file."""
+    return [p for pattern in patterns for p in _expand_pattern(pattern)]
+
+
+def _expand_pattern(pattern):
+    pattern = os.path.expanduser(pattern)
+    if os.path.isdir(pattern):
+        found = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern)) if f.lower().endswith(IMAGE_EXTS)]
+    else:
+        found = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+    if not any(os.access(p, os.R_OK) for p in found):
+        raise FileNotFoundError(f"--input {pattern!r} matches no readable image file{_datasets_hint(pattern)}")
+    return found
+
+
+def readable_images(patterns):
+    """The image paths of ``--input``, each decoded once (as it will be read) before the model is
+    built. A file named on its own that is not a readable image: :class:`ImageReadError` naming
+    it. Files of a glob or folder that are not: skipped, listed with the reason in one warning;
+    FileNotFoundError when a pattern keeps none."""
+    paths, skipped = [], []
     for pattern in patterns:
-        pattern = os.path.expanduser(pattern)
-        if os.path.isdir(pattern):
-            found = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern)) if f.lower().endswith(IMAGE_EXTS)]
-        else:
-            found = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
-        if not any(os.access(p, os.R_OK) for p in found):
-            raise FileNotFoundError(f"--input {pattern!r} matches no readable image file{_datasets_hint(pattern)}")
-        paths.extend(found)
+        single = os.path.isfile(os.path.expanduser(pattern))
+        kept, rejected = [], []
+        for path in _expand_pattern(pattern):
+            try:
+                inspect_image(path)
+            except ImageReadError as e:
+                if single:
+                    raise ImageReadError(f"--input {path} is not a readable image: {e.reason}") from e
+                rejected.append(f"{path} ({e.reason})")
+                continue
+            kept.append(path)
+        if not kept:
+            raise FileNotFoundError(f"--input {pattern!r} matches no readable image file: " + "; ".join(rejected))
+        paths, skipped = paths + kept, skipped + rejected
+    if skipped:
+        logger.warning("skipping %d input file(s) that are not readable images: %s", len(skipped), "; ".join(skipped))
     return paths
 
 
@@ -144,7 +175,7 @@ def get_parser():
 def plan_images(args):
     """(input paths, output paths or Nones) of ``--input`` / ``--output``; errors naming the
     pattern or output at fault, before any model is built."""
-    paths = expand_inputs(args.input)
+    paths = readable_images(args.input)
     return paths, output_paths(args.output, paths) if args.output else [None] * len(paths)
 
 
@@ -158,10 +189,7 @@ def run_images(demo, args, plan, num_classes):
     if args.output and output_is_folder(args.output, len(paths) > 1):
         os.makedirs(args.output, exist_ok=True)
     for path, out in zip(paths, outs):
-        try:
-            image = read_image(path, format="BGR")
-        except Exception as e:
-            raise OSError(f"cannot read image {path}: {e}") from e
+        image = read_image(path, format="BGR")  # ImageReadError names the file
         start = time.perf_counter()
         label_map, vis = demo.run_on_image(image)
         logger.info("%s: %d classes in %.2fs", path, len(np.unique(label_map)), time.perf_counter() - start)

@@ -18,13 +18,14 @@ import os
 import sys
 
 from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import convert_image_to_rgb, read_image
+from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demo import setup_cfg  # noqa: E402  (the demo's config and MODEL.WEIGHTS checks)
 from predictor import SemSegDemo  # noqa: E402
 
+from protoseg.data.image_io import read_image  # noqa: E402  (the reader of training and the demo)
 from protoseg.visualization.explorer import PrototypeExplorer  # noqa: E402
 
 logger = logging.getLogger("protoseg")

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -114,3 +115,51 @@ def test_tool_reports_everything_at_once(bad_folder, tmp_path):
                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert ok.returncode == 1 and "[not_registered] fine_ds" in ok.stdout
     DatasetCatalog.list()  # the in-process catalog is untouched by the tool
+
+
+def _exif_jpeg(path, orientation, h=6, w=8):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, exif=exif)
+
+
+def test_tool_says_how_images_are_read_and_explains_exif_mismatch(tmp_path):
+    """16-bit images: OK, with a line on their scaling; an image whose EXIF orientation swaps its
+    size against its label: a size mismatch that names the tag; a floating-point image: refused."""
+    label = np.zeros((6, 8), np.uint8)
+    for stem in ("deep0", "deep1", "deep_rgb", "plain"):
+        _save(tmp_path / "lab16" / f"{stem}.png", label)
+    _save(tmp_path / "img16" / "deep0.png", (np.arange(48).reshape(6, 8) * 1300).astype(np.uint16))
+    _save(tmp_path / "img16" / "deep1.png", np.full((6, 8), 40000, np.uint16))
+    cv2.imwrite(str(tmp_path / "img16" / "deep_rgb.png"), np.full((6, 8, 3), 30000, np.uint16))
+    _image(tmp_path / "img16" / "plain.png")
+    _exif_jpeg(tmp_path / "imgx" / "rotated.jpg", 6)  # stored 8x6, read 6x8
+    _exif_jpeg(tmp_path / "imgx" / "upside.jpg", 3)   # stored and read 8x6
+    _save(tmp_path / "labx" / "rotated.png", label)
+    _save(tmp_path / "labx" / "upside.png", label)
+    _save(tmp_path / "imgf" / "float.tif", np.full((6, 8), 0.5, np.float32))
+    _save(tmp_path / "labf" / "float.png", label)
+    register = tmp_path / "my_datasets.py"
+    register.write_text("from protoseg.data.datasets import register_folder_dataset\n" + "".join(
+        f"register_folder_dataset({name!r}, {str(tmp_path / images)!r}, {str(tmp_path / labels)!r}, {CLASSES!r}, "
+        f"image_ext={ext!r})\n"
+        for name, images, labels, ext in (("deep_ds", "img16", "lab16", ".png"), ("exif_ds", "imgx", "labx", ".jpg"),
+                                          ("float_ds", "imgf", "labf", ".tif"))
+    ))
+    out = subprocess.run([sys.executable, str(TOOL), "deep_ds", "exif_ds", "float_ds", "--register", str(register)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    lines = out.stdout.splitlines()
+    deep = lines.index("deep_ds: OK")
+    assert lines[deep + 1] == ("  read: 2 image(s) are 16-bit (mode I;16): scaled to 8-bit by v >> 8 (the 16-bit "
+                               f"range onto 8 bits: 65535 -> 255) (e.g. {tmp_path / 'img16' / 'deep0.png'})")
+    assert lines[deep + 2].startswith("  read: 1 image(s) are 16-bit (mode RGB): scaled to 8-bit by v >> 8")
+    assert lines[deep + 3] == "exif_ds: 1 problem(s)"
+    mismatch = lines[deep + 4]
+    assert mismatch.startswith(f"  [size_mismatch] {tmp_path / 'labx' / 'rotated.png'}: label is 8x6 (WxH) but image")
+    assert "is 6x8. The image's EXIF Orientation tag is 6" in mismatch and "exiftool -Orientation=" in mismatch
+    assert lines[deep + 5].startswith("  read: 1 image(s) are tagged EXIF Orientation 3: read rotated 180 degrees")
+    assert lines[deep + 6].startswith("  read: 1 image(s) are tagged EXIF Orientation 6: read rotated 90 degrees")
+    assert lines[deep + 7] == "float_ds: 1 problem(s)"
+    assert lines[deep + 8].startswith(f"  [unsupported_image] {tmp_path / 'imgf' / 'float.tif'}: floating-point pixels")

@@ -11,6 +11,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
 
+from protoseg.data.image_io import ImageReadError
+
 from conftest import REPO, TOY_CONFIGS, load_script, toy_cfg
 from log_records import Records
 
@@ -262,3 +264,66 @@ def test_demo_refuses_a_checkpoint_of_another_class_count(untrained_weights, toy
                                          r"\(5, 64, 1, 1\) in the model"):
         demo.main(argv)
     assert not (tmp_path / "pic.png").exists()
+
+
+# ---- every input is decoded before the model is built; images read as training reads them -------
+def input_folder(toy_dataset, tmp_path):
+    """in/: two toy images (JPEG, PNG), a text file, a file that is no image, a truncated JPEG."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    jpeg = sorted((toy_dataset / "images" / "validation").glob("*.jpg"))[0]
+    (folder / "a.jpg").write_bytes(jpeg.read_bytes())
+    Image.open(jpeg).save(folder / "b.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("what these pictures are")
+    (folder / "trunc.jpg").write_bytes(jpeg.read_bytes()[:600])
+    return folder
+
+
+def test_glob_members_that_are_not_images_are_skipped_and_the_rest_drawn(untrained_weights, toy_dataset, tmp_path):
+    folder = input_folder(toy_dataset, tmp_path)
+    argv = demo_argv("protoseg_r18-d8_fcn_toy.yaml", "--input", str(folder / "*"), "--output", str(tmp_path / "out"),
+                     opts=["MODEL.WEIGHTS", str(untrained_weights["protoseg_r18-d8_fcn_toy.yaml"])])
+    with Records("protoseg") as records:
+        demo.main(argv)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+    skipped = records.matching("skipping")
+    assert len(skipped) == 1 and skipped[0].startswith("skipping 3 input file(s) that are not readable images: ")
+    for name in ("broken.jpg", "notes.txt"):
+        assert f"{folder / name} (not an image: no format Pillow can decode)" in skipped[0]
+    assert f"{folder / 'trunc.jpg'} (cannot be decoded: OSError: " in skipped[0]
+
+
+def test_broken_inputs_are_found_before_the_model_is_built(no_model, untrained_weights, toy_dataset, tmp_path):
+    folder = input_folder(toy_dataset, tmp_path)
+    weights = ["MODEL.WEIGHTS", str(untrained_weights["protoseg_r18-d8_fcn_toy.yaml"])]
+    config = "protoseg_r18-d8_fcn_toy.yaml"
+    with pytest.raises(ImageReadError, match=r"--input .*trunc\.jpg is not a readable image: cannot be decoded"):
+        demo.main(demo_argv(config, "--input", str(folder / "a.jpg"), str(folder / "trunc.jpg"), opts=weights))
+    with pytest.raises(FileNotFoundError, match=r"--input '.*\*\.txt' matches no readable image file: .*notes\.txt"):
+        demo.main(demo_argv(config, "--input", str(folder / "*.txt"), opts=weights))
+    with Records("protoseg") as records, pytest.raises(AssertionError, match="the model was built"):
+        demo.main(demo_argv(config, "--input", str(folder / "b*"), "--output", str(tmp_path / "out"), opts=weights))
+    assert records.matching(f"skipping 1 input file(s) that are not readable images: {folder / 'broken.jpg'}")
+
+
+def test_16bit_image_reaches_the_model_scaled_not_clipped(untrained_weights, tmp_path, monkeypatch):
+    gray = (np.arange(32)[None] * 2000 + np.arange(24)[:, None] * 40).astype(np.uint16)  # up to 62920
+    Image.fromarray(gray).save(tmp_path / "deep.png")
+    seen = []
+
+    class Recorder:
+        def __init__(self, cfg, **kwargs):
+            pass
+
+        def run_on_image(self, image):
+            seen.append(image)
+            return np.zeros(image.shape[:2], np.int64), np.zeros_like(image)
+
+    monkeypatch.setattr(demo, "SemSegDemo", Recorder)
+    demo.main(demo_argv("protoseg_r18-d8_fcn_toy.yaml", "--input", str(tmp_path / "deep.png"),
+                        "--output", str(tmp_path / "pic.png"),
+                        opts=["MODEL.WEIGHTS", str(untrained_weights["protoseg_r18-d8_fcn_toy.yaml"])]))
+    assert len(seen) == 1 and seen[0].shape == (24, 32, 3) and seen[0].dtype == np.uint8
+    for channel in seen[0].transpose(2, 0, 1):  # BGR, grey
+        np.testing.assert_array_equal(channel, (gray >> 8).astype(np.uint8))

@@ -135,3 +135,18 @@ def test_names_the_missing_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import fails as if not installed
     with pytest.raises(SystemExit, match=r"gradio is not installed.*pip install -e '\.\[web\]'"):
         web.main(["--config-file", str(TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"), "--allow-random-weights"])
+
+
+def test_16bit_upload_is_read_as_the_demo_and_training_read_it(tmp_path):
+    """A 16-bit grey PNG (mode I;16) is scaled to 8 bits (v >> 8), not clipped to white, for the
+    prediction and for the prototype pictures."""
+    cfg = web.setup_cfg(web.get_parser().parse_args([
+        "--config-file", str(TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"), "--allow-random-weights",
+        "--opts", "DATASETS.TEST", "('toy_test_val',)"]))
+    session = web.Session(cfg, alpha=0.6)
+    gray = (np.arange(40)[None] * 1600 + np.arange(30)[:, None] * 20).astype(np.uint16)  # up to 62980
+    Image.fromarray(gray).save(tmp_path / "deep.png")
+    overlay, (image_rgb, _), _ = session.analyse(str(tmp_path / "deep.png"))
+    expected = np.repeat((gray >> 8).astype(np.uint8)[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(image_rgb, expected)
+    np.testing.assert_array_equal(overlay, session.demo.run_on_image(expected)[1])  # grey: BGR == RGB

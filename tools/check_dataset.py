@@ -10,7 +10,9 @@ and not truncated; each label map is readable, single-channel, of the image's si
 only ids in [0, len(stuff_classes)) or ignore_label (after reduce_zero_label when the dataset asks
 for it); no label id beyond the class list; with --config-file, MODEL.SEM_SEG_HEAD.NUM_CLASSES and
 IGNORE_VALUE agree with the metadata. Prints one line per problem; exit code 1 if any. Sizes are
-written width x height ("8x6 (WxH)"), as the trainer and the mapper write them.
+written width x height ("8x6 (WxH)"), as the trainer and the mapper write them. Images are read as
+training reads them (protoseg.data.image_io); "read:" lines say how many are scaled from 16 to 8
+bits or turned by their EXIF orientation (not problems).
 """
 import argparse
 import runpy
@@ -21,7 +23,7 @@ from detectron2.data import MetadataCatalog
 
 import protoseg  # noqa: F401  (registers the built-in datasets)
 from protoseg.config import load_config
-from protoseg.data.validation import DatasetProblem, scan_dataset
+from protoseg.data.validation import DatasetProblem, inspect_dataset
 
 
 def config_problems(cfg, name):
@@ -60,12 +62,15 @@ def main(argv=None) -> int:
 
     all_problems = []
     for name in names:
-        problems = scan_dataset(name, num_workers=args.num_workers)
+        scan = inspect_dataset(name, num_workers=args.num_workers)
+        problems = scan.problems
         if cfg is not None and not any(p.kind in ("not_registered", "missing_split") for p in problems):
             problems += config_problems(cfg, name)
         print(f"{name}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         for p in problems:
             print(f"  {p}")
+        for line in scan.reading_lines():
+            print(f"  read: {line}")
         all_problems += problems
     if all_problems:
         counts = Counter(p.kind for p in all_problems)

@@ -2,7 +2,8 @@
 
 Detectron2 v0.6's ``DatasetMapper`` reads label maps as 8-bit ("L"), which truncates ADE20K-Full's
 16-bit ids (847 classes, ignore 65535), and its resize cannot take int64 labels. Here labels are read
-with :func:`read_label_map` (int64, any bit depth) and every transform keeps their ids.
+with :func:`read_label_map` (int64, any bit depth) and every transform keeps their ids; images are
+read with :mod:`protoseg.data.image_io` (16-bit images scaled to 8 bits, not clipped).
 
 Training augmentation is the paper's (Sec. 5.1), as mmsegmentation's recipe implements it
 (``configs/_base_/datasets/ade20k.py``): random rescale (:class:`RandomRescale`), random crop with
@@ -32,6 +33,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import SizeMismatchError
 
+from .image_io import ImageReadError, orientation_hint, read_image
 from .labels import REDUCE_ZERO_LABEL_KEY, check_label_range, read_label_map, reduce_zero_label
 
 __all__ = [
@@ -53,10 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-class ImageReadError(OSError):
-    """An image file that cannot be decoded (missing, truncated, not an image); names the file."""
-
 
 # ---- transforms that keep label ids ----------------------------------------------------------------
 
@@ -482,7 +480,8 @@ def build_test_augmentation(cfg) -> List[T.Augmentation]:
 class SemSegDatasetMapper:
     """Dataset dict -> model input, for training and test.
 
-    Reads ``file_name`` (``image_format``) and ``sem_seg_file_name`` (:func:`read_label_map`, any
+    Reads ``file_name`` (``image_format``, :func:`~protoseg.data.image_io.read_image`: any bit depth
+    scaled to 8, EXIF orientation applied) and ``sem_seg_file_name`` (:func:`read_label_map`, any
     bit depth), applies :func:`reduce_zero_label` when the dict has
     ``"sem_seg_reduce_zero_label": True``, checks that image and label have one size and that every
     id is a class id or ``ignore_value``, then the augmentations.
@@ -525,11 +524,9 @@ class SemSegDatasetMapper:
         }
 
     def read_image(self, file_name: str) -> np.ndarray:
-        """(H, W, C) uint8 in ``image_format``; :class:`ImageReadError` naming the file otherwise."""
-        try:
-            return utils.read_image(file_name, format=self.image_format)
-        except Exception as e:  # PIL: FileNotFoundError, UnidentifiedImageError, OSError (truncated)
-            raise ImageReadError(f"image {file_name} cannot be read: {type(e).__name__}: {e}") from e
+        """(H, W, C) uint8 in ``image_format`` (:func:`~protoseg.data.image_io.read_image`: EXIF
+        orientation applied, 16-bit scaled to 8); :class:`ImageReadError` naming the file otherwise."""
+        return read_image(file_name, format=self.image_format)
 
     def read_labels(self, dataset_dict: dict, image_shape: Tuple[int, int]) -> np.ndarray:
         """The (H, W) int64 label map of ``dataset_dict``, checked against the image and the classes."""
@@ -538,9 +535,11 @@ class SemSegDatasetMapper:
         if dataset_dict.get(REDUCE_ZERO_LABEL_KEY, False):
             labels = reduce_zero_label(labels, self.ignore_value)
         if labels.shape != tuple(image_shape):
+            image_file = dataset_dict["file_name"]
+            hint = orientation_hint(image_file, image_shape, labels.shape)
             raise SizeMismatchError(
                 f"label map {label_file} is {labels.shape[1]}x{labels.shape[0]} (WxH) but its image "
-                f"{dataset_dict['file_name']} is {image_shape[1]}x{image_shape[0]}"
+                f"{image_file} is {image_shape[1]}x{image_shape[0]}{hint}"
             )
         check_label_range(labels, self.num_classes, self.ignore_value, label_file)
         return labels

@@ -7,23 +7,33 @@ turns it into a CUDA device-side assert or a silently wrong prototype index.
   already read (after ``reduce_zero_label``), it raises :class:`~protoseg.data.labels.LabelMapError`
   naming the file and the value at fault.
 - :func:`check_dataset_summary` compares what a scan saw with the metadata (class count).
-- :func:`scan_dataset` does all of it for a registered dataset name.
+- :func:`scan_dataset` does all of it for a registered dataset name; :func:`inspect_dataset` also
+  says how the images will be read (16-bit images scaled to 8 bits, EXIF orientations applied).
 """
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .image_io import ImageFileInfo, ImageReadError, UnsupportedImageError, inspect_image, orientation_hint
 from .labels import REDUCE_ZERO_LABEL_KEY
 from .labels import LabelMapError, check_label_values, read_label_map, reduce_zero_label
 
-__all__ = ["DatasetProblem", "check_dataset_dict", "check_sem_seg_sample", "check_dataset_summary", "scan_dataset"]
+__all__ = [
+    "DatasetProblem",
+    "DatasetScan",
+    "check_dataset_dict",
+    "check_sem_seg_sample",
+    "check_dataset_summary",
+    "scan_dataset",
+    "inspect_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -39,14 +49,17 @@ class DatasetProblem:
         return f"[{self.kind}] {self.path}: {self.message}"
 
 
-def _image_size(path: Path) -> Tuple[int, int]:
-    """(H, W) of the fully decoded image after its EXIF orientation (as Detectron2's
-    ``read_image`` applies it). Raises OSError/SyntaxError/ValueError for unreadable or truncated
-    files (Pillow: "image file is truncated")."""
-    with Image.open(path) as img:
-        img.load()
-        width, height = ImageOps.exif_transpose(img).size
-    return height, width
+@dataclass
+class DatasetScan:
+    """A scan of a dataset: its ``problems`` and ``reading``, how its images are read: a
+    description (e.g. "16-bit (mode I;16): scaled to 8-bit by ...") -> (image count, an example file)."""
+
+    problems: List[DatasetProblem]
+    reading: Dict[str, Tuple[int, str]] = field(default_factory=dict)
+
+    def reading_lines(self) -> List[str]:
+        """One line per way of reading: "N image(s) are <description> (e.g. <file>)"."""
+        return [f"{n} image(s) are {what} (e.g. {example})" for what, (n, example) in sorted(self.reading.items())]
 
 
 def _label_hint(label_path: str) -> str:
@@ -72,11 +85,12 @@ def check_sem_seg_sample(
         sem_seg: (H, W) integer ids, after ``reduce_zero_label`` when the dict asks for it.
         dataset_dict: with ``sem_seg_file_name`` (and ``file_name``), used in the message.
     """
-    source = dataset_dict.get("sem_seg_file_name")
+    source, image_file = dataset_dict.get("sem_seg_file_name"), dataset_dict.get("file_name")
     if tuple(sem_seg.shape) != tuple(image_hw):
+        hint = orientation_hint(image_file, image_hw, sem_seg.shape) if image_file else ""
         raise LabelMapError(
             f"label map {source} is {sem_seg.shape[1]}x{sem_seg.shape[0]} (WxH) but image "
-            f"{dataset_dict.get('file_name')} is {image_hw[1]}x{image_hw[0]}"
+            f"{image_file} is {image_hw[1]}x{image_hw[0]}{hint}"
         )
     try:
         check_label_values(sem_seg, num_classes, ignore_label, source=source)
@@ -87,44 +101,61 @@ def check_sem_seg_sample(
 def check_dataset_dict(
     dataset_dict: Dict, num_classes: int, ignore_label: int
 ) -> Tuple[List[DatasetProblem], Optional[np.ndarray]]:
-    """All problems of one dataset dict on disk: image missing / unreadable / truncated, label
-    missing / unreadable / not single-channel, H x W mismatch, ids outside ``[0, num_classes)``
-    and ``ignore_label`` (after ``reduce_zero_label`` when ``"sem_seg_reduce_zero_label"`` is set).
+    """All problems of one dataset dict on disk: image missing / unreadable / truncated /
+    unsupported (read as the mapper reads it, :func:`~protoseg.data.image_io.read_image`), label
+    missing / unreadable / not single-channel, H x W mismatch (with the EXIF orientation named when
+    it explains the mismatch), ids outside ``[0, num_classes)`` and ``ignore_label`` (after
+    ``reduce_zero_label`` when ``"sem_seg_reduce_zero_label"`` is set).
 
     Returns ``(problems, ids)``: ``ids`` are the distinct label values (after the shift; None if
     the label could not be read), for the dataset-level summary.
     """
-    problems: List[DatasetProblem] = []
-    image_file, label_file = str(dataset_dict["file_name"]), str(dataset_dict["sem_seg_file_name"])
-    image_hw = None
+    problems, ids, _ = _check_sample(dataset_dict, num_classes, ignore_label)
+    return problems, ids
+
+
+def _check_image(image_file: str) -> Tuple[List[DatasetProblem], Optional[ImageFileInfo]]:
+    """The problems of an image file and, when it can be read, what reading does to it."""
     if not Path(image_file).is_file():
-        problems.append(DatasetProblem("missing_image", image_file, "file does not exist"))
-    else:
-        try:
-            image_hw = _image_size(Path(image_file))
-        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
-            kind = "truncated_image" if "truncated" in str(e).lower() else "unreadable_image"
-            problems.append(DatasetProblem(kind, image_file, f"{type(e).__name__}: {e}"))
+        return [DatasetProblem("missing_image", image_file, "file does not exist")], None
+    try:
+        return [], inspect_image(image_file)
+    except UnsupportedImageError as e:
+        return [DatasetProblem("unsupported_image", image_file, e.reason)], None
+    except ImageReadError as e:
+        kind = "truncated_image" if "truncated" in str(e).lower() else "unreadable_image"
+        return [DatasetProblem(kind, image_file, e.reason)], None
+
+
+def _check_sample(
+    dataset_dict: Dict, num_classes: int, ignore_label: int
+) -> Tuple[List[DatasetProblem], Optional[np.ndarray], List[str]]:
+    """:func:`check_dataset_dict` plus the ways its image is read (:class:`ImageFileInfo`'s
+    ``conversion`` and ``rotation`` lines)."""
+    image_file, label_file = str(dataset_dict["file_name"]), str(dataset_dict["sem_seg_file_name"])
+    problems, info = _check_image(image_file)
+    reading = [line for line in (info.conversion, info.rotation) if line] if info is not None else []
     try:
         labels = read_label_map(label_file)
     except FileNotFoundError:
         problems.append(DatasetProblem("missing_label", label_file, "file does not exist"))
-        return problems, None
+        return problems, None, reading
     except LabelMapError as e:
         problems.append(DatasetProblem("unreadable_label", label_file, str(e)))
-        return problems, None
+        return problems, None, reading
     if dataset_dict.get(REDUCE_ZERO_LABEL_KEY, False):
         labels = reduce_zero_label(labels, ignore_label)
-    if image_hw is not None and labels.shape != image_hw:
+    if info is not None and labels.shape != info.read_hw:
+        (h, w), hint = info.read_hw, orientation_hint(image_file, info.read_hw, labels.shape, info.orientation)
         problems.append(DatasetProblem(
             "size_mismatch", label_file,
-            f"label is {labels.shape[1]}x{labels.shape[0]} (WxH) but image {image_file} is {image_hw[1]}x{image_hw[0]}",
+            f"label is {labels.shape[1]}x{labels.shape[0]} (WxH) but image {image_file} is {w}x{h}{hint}",
         ))
     try:
         check_label_values(labels, num_classes, ignore_label, source=label_file)
     except LabelMapError as e:
         problems.append(DatasetProblem("invalid_label_ids", label_file, str(e) + _label_hint(label_file)))
-    return problems, np.unique(labels)
+    return problems, np.unique(labels), reading
 
 
 def check_dataset_summary(
@@ -147,27 +178,45 @@ def check_dataset_summary(
 
 
 def scan_dataset(name: str, num_workers: int = 0) -> List[DatasetProblem]:
+    """Every problem of the registered dataset ``name`` (:func:`inspect_dataset`'s ``problems``)."""
+    return inspect_dataset(name, num_workers).problems
+
+
+def inspect_dataset(name: str, num_workers: int = 0) -> DatasetScan:
     """Every problem of the registered dataset ``name``: a missing or empty split, missing class
     metadata, each file's problems (:func:`check_dataset_dict`, in ``num_workers`` processes when
-    > 0) and the class-list-vs-labels mismatch. Nothing is raised for bad data."""
+    > 0) and the class-list-vs-labels mismatch; and how its images are read (bit depth, EXIF
+    orientation). Nothing is raised for bad data."""
     try:
         dicts = DatasetCatalog.get(name)
     except KeyError:
-        return [DatasetProblem("not_registered", name, "no dataset of this name is registered")]
+        return DatasetScan([DatasetProblem("not_registered", name, "no dataset of this name is registered")])
     except (FileNotFoundError, ValueError) as e:
-        return [DatasetProblem("missing_split", name, str(e))]
+        return DatasetScan([DatasetProblem("missing_split", name, str(e))])
     meta = MetadataCatalog.get(name)
     ignore_label = meta.get("ignore_label", 255)
     classes = meta.get("stuff_classes", None)
     if classes is None:
-        return [DatasetProblem("missing_metadata", name, "MetadataCatalog has no stuff_classes (is the dataset prepared?)")]
+        message = "MetadataCatalog has no stuff_classes (is the dataset prepared?)"
+        return DatasetScan([DatasetProblem("missing_metadata", name, message)])
     if not dicts:
-        return check_dataset_summary(name, [], classes, ignore_label)
-    check = partial(check_dataset_dict, num_classes=len(classes), ignore_label=ignore_label)
+        return DatasetScan(check_dataset_summary(name, [], classes, ignore_label))
+    check = partial(_check_sample, num_classes=len(classes), ignore_label=ignore_label)
     if num_workers > 0:
         with Pool(num_workers) as pool:
             results = list(pool.imap(check, dicts, chunksize=max(1, len(dicts) // (8 * num_workers))))
     else:
         results = [check(d) for d in dicts]
-    problems = [p for file_problems, _ in results for p in file_problems]
-    return problems + check_dataset_summary(name, [ids for _, ids in results], classes, ignore_label)
+    problems = [p for file_problems, _, _ in results for p in file_problems]
+    problems += check_dataset_summary(name, [ids for _, ids, _ in results], classes, ignore_label)
+    return DatasetScan(problems, _count_reading(dicts, [reading for _, _, reading in results]))
+
+
+def _count_reading(dicts: Sequence[Dict], readings: Sequence[List[str]]) -> Dict[str, Tuple[int, str]]:
+    """description -> (how many images, the first image) over a dataset."""
+    counts: Counter = Counter(line for lines in readings for line in lines)
+    first: Dict[str, str] = {}
+    for d, lines in zip(dicts, readings):
+        for line in lines:
+            first.setdefault(line, str(d["file_name"]))
+    return {line: (n, first[line]) for line, n in counts.items()}
