@@ -13,6 +13,8 @@ from detectron2.evaluation import SemSegEvaluator
 
 from protoseg.evaluation import REPORT_FILES, SemSegReportEvaluator, confused_pairs, plot_per_class_iou
 
+from conftest import toy_cfg
+
 CLASSES = ["sky", "road", "tree", "boat"]  # "boat" is in neither ground truth nor predictions
 IGNORE = 255
 # (ground truth, prediction) of two 2x3 images
@@ -93,6 +95,123 @@ def test_metrics_are_detectron2s(hand_dataset, tmp_path):
     theirs = feed(SemSegEvaluator(hand_dataset))["sem_seg"]
     assert ours.keys() == theirs.keys()
     assert all(math.isnan(v) and math.isnan(theirs[k]) or v == theirs[k] for k, v in ours.items())
+
+
+# ---- the standard metrics, whatever the Detectron2 version -------------------------------------
+
+STD_CLASSES = ["sky", "road", "tree", "boat", "car"]
+STD_GT = np.array([[0, 0, 1, 1], [2, 2, IGNORE, 0]])
+STD_PRED = np.array([[0, 3, 1, 1], [2, 0, 3, 0]])  # "boat" predicted, not in the ground truth; no "car"
+# by hand, over the 7 labelled pixels:
+#   sky: 3 true, 2 right, predicted 3 times -> IoU 2/4, Acc 2/3
+#   road: 2 true, 2 right, predicted twice -> IoU 1, Acc 1
+#   tree: 2 true, 1 right, predicted once -> IoU 1/2, Acc 1/2
+#   boat: 0 true, predicted once -> IoU 0 (counts in the mean), Acc NaN; car: IoU and Acc NaN
+STD_MIOU = 100 * (0.5 + 1 + 0.5 + 0) / 4  # 50.0 (mmseg, cityscapesScripts); 66.67 without "boat"
+STD_FWIOU = 100 * (3 * 0.5 + 2 * 1 + 2 * 0.5) / 7
+STD_MACC = 100 * (2 / 3 + 1 + 0.5) / 3
+STD_PACC = 100 * 5 / 7
+
+
+def numpy_reference(gt, pred, num_classes, ignore):
+    """Per-class IoU and Acc (percent) as pixel sets: |gt & pred| / |gt | pred| and |gt & pred| / |gt|
+    over the labelled pixels, NaN where the denominator is empty."""
+    labelled = gt != ignore
+    iou, acc = [], []
+    for c in range(num_classes):
+        is_gt, is_pred = (gt == c) & labelled, (pred == c) & labelled
+        inter, union, true = (is_gt & is_pred).sum(), (is_gt | is_pred).sum(), is_gt.sum()
+        iou.append(100 * inter / union if union else float("nan"))
+        acc.append(100 * inter / true if true else float("nan"))
+    return np.array(iou), np.array(acc)
+
+
+@pytest.fixture
+def predicted_absent_dataset(tmp_path):
+    name = "predicted_absent_eval_test"
+    path = tmp_path / "gt.png"
+    Image.fromarray(STD_GT.astype(np.uint8)).save(path)
+    records = [{"file_name": "img.jpg", "sem_seg_file_name": str(path), "image_id": 0}]
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(stuff_classes=STD_CLASSES, ignore_label=IGNORE, evaluator_type="sem_seg")
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def trainer_evaluation(dataset_name, tmp_path):
+    """The metrics of STD_PRED by the evaluator that Trainer.build_evaluator builds."""
+    from protoseg.engine.trainer import Trainer
+
+    cfg = toy_cfg(opts=["OUTPUT_DIR", str(tmp_path)])
+    evaluator = Trainer.build_evaluator(cfg, dataset_name)
+    evaluator.reset()
+    evaluator.process([{"file_name": "img.jpg"}], [{"sem_seg": one_hot_scores(STD_PRED, len(STD_CLASSES))}])
+    return evaluator.evaluate()["sem_seg"]
+
+
+def test_a_class_predicted_but_absent_from_the_ground_truth_counts_with_iou_0(predicted_absent_dataset, tmp_path):
+    res = trainer_evaluation(predicted_absent_dataset, tmp_path)
+    iou, acc = numpy_reference(STD_GT, STD_PRED, len(STD_CLASSES), IGNORE)
+    np.testing.assert_allclose(iou, [50.0, 100.0, 50.0, 0.0, np.nan])
+    np.testing.assert_allclose(acc, [100 * 2 / 3, 100.0, 50.0, np.nan, np.nan])
+    np.testing.assert_allclose([res[f"IoU-{n}"] for n in STD_CLASSES], iou)
+    np.testing.assert_allclose([res[f"ACC-{n}"] for n in STD_CLASSES], acc)
+    assert res["mIoU"] == pytest.approx(STD_MIOU) == pytest.approx(np.nanmean(iou))
+    assert res["fwIoU"] == pytest.approx(STD_FWIOU)
+    assert res["mACC"] == pytest.approx(STD_MACC) == pytest.approx(np.nanmean(acc))
+    assert res["pACC"] == pytest.approx(STD_PACC)
+    table = read_csv(tmp_path / "inference" / predicted_absent_dataset / "per_class_iou.csv")
+    assert table[4] == ["boat", "0.0", "nan"] and table[5] == ["car", "nan", "nan"]
+
+
+def test_metrics_do_not_depend_on_detectron2s_evaluate(predicted_absent_dataset, tmp_path, monkeypatch):
+    """Detectron2 v0.6 and main compute different mIoUs here (50.0 and 66.67): the evaluator
+    computes its own from the confusion matrix."""
+    expected = trainer_evaluation(predicted_absent_dataset, tmp_path / "a")
+
+    def versioned_evaluate(self):
+        raise AssertionError("the installed SemSegEvaluator.evaluate was called")
+
+    monkeypatch.setattr(SemSegEvaluator, "evaluate", versioned_evaluate)
+    res = trainer_evaluation(predicted_absent_dataset, tmp_path / "b")
+    assert res.keys() == expected.keys()
+    assert all(math.isnan(v) and math.isnan(expected[k]) or v == expected[k] for k, v in res.items())
+    assert res["mIoU"] == pytest.approx(STD_MIOU)
+
+
+def _evaluate_one_row_per_process(rank, world, port, folder):
+    """Rank r evaluates row r of STD_PRED against row r of STD_GT (registered from ``folder``);
+    rank 0 saves the metrics, the other ranks what evaluate() returned."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        records = [{"file_name": f"row{r}.jpg", "sem_seg_file_name": f"{folder}/row{r}.png"} for r in range(world)]
+        DatasetCatalog.register("rows_eval_test", lambda: records)
+        MetadataCatalog.get("rows_eval_test").set(stuff_classes=STD_CLASSES, ignore_label=IGNORE)
+        evaluator = SemSegReportEvaluator("rows_eval_test", distributed=True)
+        evaluator.reset()
+        scores = one_hot_scores(STD_PRED[rank:rank + 1], len(STD_CLASSES))
+        evaluator.process([{"file_name": f"row{rank}.jpg"}], [{"sem_seg": scores}])
+        torch.save(evaluator.evaluate(), f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_sum_their_confusion_matrices(tmp_path):
+    from conftest import run_in_processes
+
+    for r, row in enumerate(STD_GT):
+        Image.fromarray(row[None].astype(np.uint8)).save(tmp_path / f"row{r}.png")
+    run_in_processes(_evaluate_one_row_per_process, 2, str(tmp_path))
+    res = torch.load(tmp_path / "rank0.pt", weights_only=False)["sem_seg"]
+    assert torch.load(tmp_path / "rank1.pt", weights_only=False) is None
+    assert res["mIoU"] == pytest.approx(STD_MIOU) and res["pACC"] == pytest.approx(STD_PACC)
+    assert res["IoU-boat"] == 0.0 and math.isnan(res["IoU-car"])
 
 
 def test_no_report_dir_writes_nothing(hand_dataset, tmp_path, monkeypatch):
@@ -198,7 +317,8 @@ def test_847_classes_16bit_ground_truth_confusion(tmp_path, registered):
     np.testing.assert_array_equal(conf, expected)
     res = evaluator.evaluate()["sem_seg"]
     assert res["IoU-c300"] == pytest.approx(100 / 2) and res["IoU-c846"] == pytest.approx(100 / 3)
-    assert res["IoU-c0"] == 100.0 and math.isnan(res["IoU-c5"])
+    assert res["IoU-c0"] == 100.0 and res["IoU-c5"] == 0.0  # predicted, not in the ground truth
+    assert math.isnan(res["ACC-c5"]) and math.isnan(res["IoU-c6"])
 
 
 def test_ids_that_are_neither_class_nor_ignore_raise_naming_the_file(tmp_path, registered):

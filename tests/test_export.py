@@ -2,6 +2,9 @@
 give PyTorch's logits (>= 99.99 % same argmax, logits within 1e-3) at two image sizes with one file,
 and the tool fails (non-zero exit) when its check fails. Needs the [export] extra."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -196,3 +199,20 @@ def test_tool_refuses_random_weights_and_splits_overrides(tmp_path):
         tool.main(["--config-file", config, "--output", str(tmp_path)])
     args = tool.parse_args(["--config-file", config, "--check", "a.jpg", "b.jpg", "MODEL.WEIGHTS", "w.pth"])
     assert args.check == ["a.jpg", "b.jpg"] and args.opts == ["MODEL.WEIGHTS", "w.pth"]
+
+
+def test_exported_metadata_holds_no_absolute_path(tmp_path, monkeypatch):
+    """The weights under the working directory: relative to the export folder; the config file
+    outside it: its name only."""
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": build_model(toy_cfg()).state_dict()}, run / "model.pth")
+    config = TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"
+    monkeypatch.chdir(tmp_path)
+    assert tool.main(["--config-file", str(config), "--output", str(run / "export"), "--format", "onnx",
+                      "--no-check", "MODEL.WEIGHTS", str(run / "model.pth")]) == 0
+    _, metadata = load_onnx_session(str(run / "export" / "model.onnx"))
+    assert metadata["MODEL.WEIGHTS"] == os.path.join("..", "model.pth")
+    assert metadata["config_file"] == "protoseg_r18-d8_fcn_toy.yaml"
+    text = json.dumps(metadata)
+    assert str(tmp_path) not in text and str(REPO) not in text

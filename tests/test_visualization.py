@@ -318,3 +318,38 @@ def test_tools_end_to_end(trained_toy_checkpoint, toy_dataset, toy_model, tmp_pa
     assert [row["class"] for row in saved["classes"]] == list(names)
     assert all(row["pixels"] == sum(row[f"count_{k}"] for k in range(saved["num_prototypes"]))
                for row in saved["classes"])
+
+
+# ---- tools/visualize_prototypes.py maps: images of a registered dataset, wherever it is ------------
+
+@pytest.fixture
+def untrained_weights(tmp_path):
+    path = tmp_path / "untrained.pth"
+    torch.save({"model": build_model(toy_cfg()).state_dict()}, path)
+    return path
+
+
+def test_maps_reads_the_images_of_a_dataset_by_name(toy_dataset, untrained_weights, tmp_path, monkeypatch):
+    """The docs' command: --dataset and image file names, from a working directory without ./datasets."""
+    monkeypatch.chdir(tmp_path)
+    tool = _load_tool("visualize_prototypes")
+    assert tool.main(["maps", "--config-file", str(CONFIG), "--dataset", "toy_test_val", "--input",
+                      "toy_val_0000[01].jpg", "--class", "toy00", "--output", "maps",
+                      "--opts", "MODEL.WEIGHTS", str(untrained_weights)]) == 0
+    assert sorted(p.name for p in (tmp_path / "maps").glob("*_heatmaps.png")) == [
+        "toy_val_00000_toy00_heatmaps.png", "toy_val_00001_toy00_heatmaps.png"]
+    with pytest.raises(FileNotFoundError, match=r"'toy_val_9\*\.jpg' matches no image file name of toy_test_val"):
+        tool.main(["maps", "--config-file", str(CONFIG), "--dataset", "toy_test_val", "--input", "toy_val_9*.jpg",
+                   "--class", "toy00", "--output", "maps", "--opts", "MODEL.WEIGHTS", str(untrained_weights)])
+
+
+def test_maps_names_detectron2_datasets_when_a_path_is_missing(untrained_weights, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    tool = _load_tool("visualize_prototypes")
+    with pytest.raises(FileNotFoundError) as error:
+        tool.main(["maps", "--config-file", str(CONFIG), "--input", "datasets/toy_scenes/images/validation/a.jpg",
+                   "--class", "toy00", "--output", "maps", "--opts", "MODEL.WEIGHTS", str(untrained_weights)])
+    message = str(error.value)
+    assert f"relative to {tmp_path}" in message and f"DETECTRON2_DATASETS is '{tmp_path / 'data'}'" in message
+    assert "--dataset NAME" in message

@@ -244,7 +244,7 @@ def report_latency(model, runs, inputs, repeats, threads):
 
 def export_all(model, cfg, args, output):
     module = ExportableSegmentor(model)
-    metadata = export_metadata(cfg, args.config_file)
+    metadata = export_metadata(cfg, args.config_file, output)
     example = example_input(*args.static_size) if args.static_size else example_input()
     if args.static_size:
         metadata["static_size"] = list(args.static_size)

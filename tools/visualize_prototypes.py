@@ -5,7 +5,7 @@ maps: for one class, the closest-prototype assignment map and the per-prototype 
 maps of each input image (the paper's Fig. 3):
 
     python tools/visualize_prototypes.py maps --config-file configs/toy/protoseg_r18-d8_fcn_toy.yaml \\
-        --input datasets/toy_scenes/images/validation/toy_val_00000.jpg --class toy05 --output output/protomaps \\
+        --dataset toy_scenes_sem_seg_val --input toy_val_00000.jpg --class toy05 --output output/protomaps \\
         --opts MODEL.WEIGHTS output/toy/protoseg_r18-d8_fcn/model_final.pth
 
 embedding: t-SNE (or PCA) of pixel embeddings of some dataset images with the prototypes
@@ -16,6 +16,7 @@ embedding: t-SNE (or PCA) of pixel embeddings of some dataset images with the pr
         --opts MODEL.WEIGHTS output/toy/protoseg_r18-d8_fcn/model_final.pth
 """
 import argparse
+import fnmatch
 import glob
 import os
 import sys
@@ -28,6 +29,7 @@ from detectron2.data.detection_utils import convert_image_to_rgb, read_image
 from detectron2.utils.logger import setup_logger
 
 import protoseg  # noqa: F401  (registers the model parts and datasets)
+from protoseg.data import datasets_root
 from protoseg.data.labels import read_label_map
 from protoseg.visualization import (
     build_cfg,
@@ -54,7 +56,35 @@ def expand_inputs(patterns):
         else:
             found = sorted(glob.glob(os.path.expanduser(pattern)))
         if not found:
-            raise FileNotFoundError(f"--input {pattern!r} matches no image")
+            raise FileNotFoundError(f"--input {pattern!r} matches no image{missing_input_hint(pattern)}")
+        paths.extend(found)
+    return paths
+
+
+def missing_input_hint(pattern):
+    """For a relative path: where it was looked for, and where the registered datasets are read
+    from (``$DETECTRON2_DATASETS``, default ./datasets), with the two ways to follow it."""
+    if os.path.isabs(os.path.expanduser(pattern)):
+        return ""
+    root = os.environ.get("DETECTRON2_DATASETS")
+    where = f"DETECTRON2_DATASETS is {root!r}" if root else "DETECTRON2_DATASETS is not set"
+    return (f" (relative to {os.getcwd()}; the registered datasets are read from {str(datasets_root())!r}, "
+            f"{where}: pass --dataset NAME with image file names, e.g. --dataset toy_scenes_sem_seg_val "
+            f"--input 'toy_val_0000[01].jpg', or write the path as \"${{DETECTRON2_DATASETS:-datasets}}/...\")")
+
+
+def dataset_inputs(dataset, patterns):
+    """The images of the registered ``dataset`` (where its registration reads them, i.e. under
+    ``$DETECTRON2_DATASETS`` for the built-in ones) whose file name matches one of ``patterns``
+    (globs of the name, e.g. ``toy_val_0000[367].jpg``), in the dataset's order per pattern."""
+    files = [record["file_name"] for record in DatasetCatalog.get(dataset)]
+    paths = []
+    for pattern in patterns:
+        found = [f for f in files if fnmatch.fnmatchcase(os.path.basename(f), pattern)]
+        if not found:
+            example = os.path.basename(files[0]) if files else "none"
+            raise FileNotFoundError(f"--input {pattern!r} matches no image file name of {dataset} "
+                                    f"({len(files)} images, e.g. {example!r})")
         paths.extend(found)
     return paths
 
@@ -71,6 +101,7 @@ def class_names_of(cfg, dataset=None):
 
 def run_maps(args):
     cfg = build_cfg(args.config_file, args.opts)
+    inputs = dataset_inputs(args.dataset, args.input) if args.dataset else expand_inputs(args.input)
     model = load_model(cfg)
     memory = prototype_memory(model)
     names = class_names_of(cfg)
@@ -80,7 +111,7 @@ def run_maps(args):
     shade = (0.0, 1.0) if memory.distance == "cosine" else None
     os.makedirs(args.output, exist_ok=True)
     combined = []
-    for path in expand_inputs(args.input):
+    for path in inputs:
         image = read_image(path, format=cfg.INPUT.FORMAT)
         labels = None
         if args.label_dir:
@@ -147,7 +178,10 @@ def get_parser():
 
     maps = sub.add_parser("maps", help="closest-prototype assignment map and similarity heat maps of one class")
     maps.add_argument("--config-file", required=True, metavar="FILE")
-    maps.add_argument("--input", nargs="+", required=True, help="image files, globs or folders")
+    maps.add_argument("--input", nargs="+", required=True,
+                      help="image files, globs or folders; with --dataset, image file names (globs) of that dataset")
+    maps.add_argument("--dataset", default="", help="registered dataset whose images --input names (read where "
+                      "the dataset is registered, under $DETECTRON2_DATASETS for the built-in ones)")
     maps.add_argument("--class", dest="class_", required=True, metavar="NAME_OR_ID", help="class name or id")
     maps.add_argument("--output", required=True, help="output folder")
     maps.add_argument("--label-dir", default="", help="folder of label maps <image stem>.png: use the labelled "

@@ -22,6 +22,7 @@ onnx and onnxruntime are an optional extra: ``pip install -e '.[export]'``.
 import contextlib
 import json
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -44,6 +45,7 @@ __all__ = [
     "Agreement",
     "export_cfg",
     "export_metadata",
+    "portable_path",
     "export_onnx",
     "export_torchscript",
     "load_onnx_session",
@@ -135,8 +137,24 @@ class ExportableSegmentor(nn.Module):
         return logits[:, :, :h, :w] if d > 1 else logits
 
 
-def export_metadata(cfg, config_file: str = "") -> Dict[str, object]:
-    """What a deployment needs besides the graph: input format and test resize, class names."""
+def portable_path(path: str, folder: str) -> str:
+    """``path`` as the metadata of a file written into ``folder`` records it, with no absolute path
+    of this machine: relative to ``folder`` when both are under the working directory (where the
+    commands run, e.g. ``../model_final.pth``), else the file name; "" and URLs (``detectron2://``,
+    ``https://``) as they are."""
+    if not path or "://" in path:
+        return path
+    cwd = os.path.abspath(os.getcwd())
+    target, start = os.path.abspath(path), os.path.abspath(folder)
+    if all(os.path.commonpath([cwd, p]) == cwd for p in (target, start)):
+        return os.path.relpath(target, start)
+    return os.path.basename(target)
+
+
+def export_metadata(cfg, config_file: str = "", output_dir: str = ".") -> Dict[str, object]:
+    """What a deployment needs besides the graph: input format and test resize, class names; the
+    weights and config file as :func:`portable_path` of the folder ``output_dir`` the exported
+    files go to."""
     dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else ""
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     names = list(MetadataCatalog.get(dataset).get("stuff_classes", []) or []) if dataset else []
@@ -150,8 +168,8 @@ def export_metadata(cfg, config_file: str = "") -> Dict[str, object]:
         "INPUT.MIN_SIZE_TEST": int(cfg.INPUT.MIN_SIZE_TEST),
         "INPUT.MAX_SIZE_TEST": int(cfg.INPUT.MAX_SIZE_TEST),
         "MODEL.SEM_SEG_HEAD.NAME": cfg.MODEL.SEM_SEG_HEAD.NAME,
-        "MODEL.WEIGHTS": cfg.MODEL.WEIGHTS,
-        "config_file": config_file,
+        "MODEL.WEIGHTS": portable_path(cfg.MODEL.WEIGHTS, output_dir),
+        "config_file": portable_path(config_file, output_dir),
         "dataset": dataset,
         "classes": names,
     }

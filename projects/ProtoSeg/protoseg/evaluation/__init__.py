@@ -1,4 +1,5 @@
 from .evaluator import REPORT_FILES, SemSegReportEvaluator
+from .metrics import segmentation_metrics
 from .report import (
     confused_pairs,
     format_confused_pairs_table,
@@ -19,4 +20,5 @@ __all__ = [
     "plot_per_class_iou",
     "save_confused_pairs_csv",
     "save_per_class_csv",
+    "segmentation_metrics",
 ]

@@ -1,15 +1,20 @@
 """Detectron2's ``SemSegEvaluator`` made to scale (16-bit ground truth, no per-image predictions
-kept unless they are saved) that also writes a report of each evaluation."""
+kept unless they are saved), with the standard metrics whatever the Detectron2 version, that also
+writes a report of each evaluation."""
+import itertools
+import json
 import logging
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Optional
 
 import numpy as np
+import torch
 
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 from ..data.labels import LabelMapError, read_label_map, reduce_zero_label
 from ..data.labels import REDUCE_ZERO_LABEL_KEY, check_label_range
@@ -20,6 +25,7 @@ from .report import (
     save_confused_pairs_csv,
     save_per_class_csv,
 )
+from .metrics import segmentation_metrics
 
 __all__ = ["SemSegReportEvaluator", "REPORT_FILES"]
 
@@ -37,7 +43,7 @@ def _confusion(pred: np.ndarray, gt: np.ndarray, size: int) -> np.ndarray:
 
 
 class SemSegReportEvaluator(SemSegEvaluator):
-    """``SemSegEvaluator`` (metrics unchanged) that streams and reports.
+    """``SemSegEvaluator`` that streams, computes the standard metrics itself, and reports.
 
     :meth:`process` differs from Detectron2 v0.6's in what it reads and keeps: the ground truth is
     read with :func:`read_label_map` (8- or 16-bit, e.g. ADE20K-Full's 847 ids with ignore 65535;
@@ -50,18 +56,23 @@ class SemSegReportEvaluator(SemSegEvaluator):
 
     After its ``evaluate()``, it writes into ``report_dir`` (main process only):
 
-    * ``per_class_iou.csv``: ``class,IoU,ACC`` and one row per class (percent, ``nan`` for a
-      class absent from the ground truth);
+    * ``per_class_iou.csv``: ``class,IoU,ACC`` and one row per class (percent; IoU ``nan`` for a
+      class absent from both ground truth and predictions, ACC ``nan`` for one absent from the
+      ground truth);
     * ``per_class_iou.png``: the per-class IoU as a sorted bar chart;
     * ``confusion_matrix.npy``: int64 (C+1) x (C+1), as Detectron2 keeps it: ``cm[pred, true]``,
       the last column counts the ignored pixels by predicted class (the last row is zero);
     * ``confused_pairs.csv``: the ``top_confusions`` most confused (true, predicted) class pairs,
       also logged.
 
-    Metrics are looked up in Detectron2's result by name (``IoU-<class>``, ``ACC-<class>``, ``mIoU``),
-    so extra keys do no harm. Detectron2 after v0.6 (GitHub main) also reports boundary IoU
-    (``BoundaryIoU-<class>``, ``min(IoU, B-Iou)-<class>``) from a second confusion matrix of the
-    maps' boundaries: :meth:`process` fills it as main's does, whenever the base class has it.
+    :meth:`evaluate` computes the metrics from the confusion matrix with
+    :func:`~.metrics.segmentation_metrics` (mmsegmentation's and cityscapesScripts' definitions),
+    not with the base class's ``evaluate``, whose mIoU differs between Detectron2 versions when a
+    class is predicted but absent from the ground truth; the keys are Detectron2's (``mIoU``,
+    ``fwIoU``, ``mACC``, ``pACC``, ``IoU-<class>``, ``ACC-<class>``). Detectron2 after v0.6 (GitHub
+    main) also has boundary IoU (``BoundaryIoU-<class>``, ``min(IoU, B-Iou)-<class>``) from a
+    second confusion matrix of the maps' boundaries: :meth:`process` fills it as main's does, and
+    :meth:`evaluate` reports it, whenever the base class has it.
     """
 
     def __init__(
@@ -131,12 +142,42 @@ class SemSegReportEvaluator(SemSegEvaluator):
                 self._predictions.extend(self.encode_json_sem_seg(pred, input["file_name"]))
 
     def evaluate(self):
-        results = super().evaluate()
-        if results is None or not self._report_dir or not comm.is_main_process():
-            return results
-        if "sem_seg" in results:
-            self.write_report(results["sem_seg"])
+        """``{"sem_seg": metrics}`` (:func:`~.metrics.segmentation_metrics` of the confusion matrix
+        summed over the processes) on the main process, None on the others. As Detectron2's: with
+        ``output_dir``, ``sem_seg_predictions.json`` and ``sem_seg_evaluation.pth`` are written;
+        with ``report_dir``, the report files."""
+        if not self._gather():
+            return None
+        if self._output_dir:
+            PathManager.mkdirs(self._output_dir)
+            with PathManager.open(os.path.join(self._output_dir, "sem_seg_predictions.json"), "w") as f:
+                f.write(json.dumps(self._predictions))
+        boundary = self._b_conf_matrix if self.computes_boundary_iou else None
+        metrics = segmentation_metrics(self._conf_matrix, self._class_names, boundary)
+        if self._output_dir:
+            with PathManager.open(os.path.join(self._output_dir, "sem_seg_evaluation.pth"), "wb") as f:
+                torch.save(metrics, f)
+        results = OrderedDict(sem_seg=metrics)
+        logger.info("Metrics of %s: %s", self._dataset_name, results)
+        if self._report_dir and comm.is_main_process():
+            self.write_report(metrics)
         return results
+
+    def _gather(self) -> bool:
+        """Sum the confusion matrices (and collect the kept predictions) of all processes into
+        the main one; False on the other processes."""
+        if not self._distributed:
+            return True
+        comm.synchronize()
+        matrices = [name for name in ("_conf_matrix", "_b_conf_matrix") if hasattr(self, name)]
+        gathered = {name: comm.all_gather(getattr(self, name)) for name in matrices}
+        predictions = comm.all_gather(self._predictions)
+        if not comm.is_main_process():
+            return False
+        for name, parts in gathered.items():
+            setattr(self, name, np.sum(parts, axis=0, dtype=np.int64))
+        self._predictions = list(itertools.chain.from_iterable(predictions))
+        return True
 
     def write_report(self, metrics):
         """The report files of ``metrics`` (``results["sem_seg"]``) and ``self._conf_matrix``."""

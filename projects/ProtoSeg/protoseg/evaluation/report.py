@@ -33,8 +33,8 @@ def format_summary_metrics(results: Dict[str, float]) -> str:
 
 def per_class_rows(results: Dict[str, float], class_names: Sequence[str]) -> List[Dict]:
     """Rows {class, IoU, ACC} from the flat ``results["sem_seg"]`` dict of ``SemSegEvaluator``
-    (keys looked up by name: ``IoU-<class>``, ``ACC-<class>``; NaN for a class absent from the
-    ground truth)."""
+    (keys looked up by name: ``IoU-<class>``, ``ACC-<class>``; IoU NaN for a class absent from both
+    ground truth and predictions, ACC NaN for one absent from the ground truth)."""
     nan = float("nan")
     return [
         {"class": n, "IoU": results.get(f"IoU-{n}", nan), "ACC": results.get(f"ACC-{n}", nan)}
@@ -50,8 +50,7 @@ def format_per_class_table(results: Dict[str, float], class_names: Sequence[str]
 
 
 def save_per_class_csv(results: Dict[str, float], class_names: Sequence[str], path: Path) -> None:
-    """``class,IoU,ACC`` and one row per class (percent; ``nan`` for a class absent from the
-    ground truth)."""
+    """``class,IoU,ACC`` and one row per class (percent; ``nan`` where :func:`per_class_rows` has NaN)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -72,7 +71,7 @@ def plot_per_class_iou(
     """Horizontal bar chart of the per-class IoU, sorted from best to worst, with the mIoU as a
     dashed line. Up to ``max_bars`` classes are all shown (the figure grows with them, ~16 px a
     bar); beyond, the best and the worst ``extremes`` classes side by side. Classes absent from
-    the ground truth (IoU NaN) are left out and counted in the title."""
+    both ground truth and predictions (IoU NaN) are left out and counted in the title."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -83,7 +82,7 @@ def plot_per_class_iou(
     head = f"{title}: " if title else ""
     head += f"per-class IoU, {len(rows)} classes, mIoU {_fmt(miou)}"
     if absent:
-        head += f"\n({absent} absent from the ground truth, not shown)"
+        head += f"\n({absent} in neither ground truth nor predictions, not shown)"
 
     if len(present) <= max_bars:
         panels = [("", present)]
