@@ -214,6 +214,7 @@ RULES: Dict[str, Rule] = {
     "MODEL.PROTOSEG.PPD_WEIGHT": _WEIGHT,
     "MODEL.PROTOSEG.WARMUP_ITERS": _COUNT,
     "MODEL.PROTOSEG.UPDATE_FROM_CORRECT_ONLY": Boolean(),
+    "MODEL.PROTOSEG.UPDATE_SYNC": OneOf(("global", "average")),
     "MODEL.PROTOSEG.ASSIGNMENT": OneOf(("argmax", "gumbel")),
     "MODEL.PROTOSEG.CLASS_SCORE_NORM": OneOf(("layernorm", "temperature")),
     "MODEL.PROTOSEG.CLASS_SCORE_TEMPERATURE": _POSITIVE,

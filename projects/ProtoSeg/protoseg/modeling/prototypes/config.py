@@ -34,6 +34,12 @@ def add_prototype_config(cfg):
     # Update prototypes only from pixels the model classifies correctly (reference code; the
     # paper is silent). False: from every labelled pixel.
     cfg.MODEL.PROTOSEG.UPDATE_FROM_CORRECT_ONLY = True
+    # Multi-process training, how the ranks update the prototypes: "global" clusters and updates on
+    # the global batch (Sinkhorn marginals and prototype sums all-reduced: N processes compute what
+    # one process computes on the whole batch); "average" is the reference code's: each rank
+    # clusters and updates on its own pixels, then the prototypes are averaged over the ranks (and
+    # l2-normalised), so a class seen by 1 of N ranks moves about 1/N as far as with "global".
+    cfg.MODEL.PROTOSEG.UPDATE_SYNC = "global"
     # Hard assignment used for the update: "argmax" of the transport plan (paper), or "gumbel":
     # the reference code's Gumbel-softmax sample (tau 0.5), which makes prototypes collapse
     # (reference issue #15). PPC/PPD targets always use the argmax.
