@@ -107,7 +107,8 @@ def test_unnormalised_distances_move_the_prototype_towards_the_pixel_mean(distan
 
 def test_class_score_temperature_divides_the_nearest_prototype_similarity():
     """``CLASS_SCORE_NORM temperature``: the head's logits are max_k x . p_{c,k} / T (Eq. 6 over T)."""
-    cfg = toy_cfg(opts=["MODEL.PROTOSEG.CLASS_SCORE_NORM", "temperature", "MODEL.PROTOSEG.CLASS_SCORE_TEMPERATURE", 0.25])
+    cfg = toy_cfg(opts=["MODEL.PROTOSEG.CLASS_SCORE_NORM", "temperature",
+                        "MODEL.PROTOSEG.CLASS_SCORE_TEMPERATURE", 0.25])
     head = build_model(cfg).sem_seg_head
     memory = head.memory
     torch.manual_seed(0)

@@ -135,6 +135,7 @@ def test_reference_config_averages_over_processes():
     cfg = load_config(REPO / "configs" / "cityscapes" / "reference_protoseg_hrnetv2_W48_bs8_80k.yaml")
     assert cfg.MODEL.PROTOSEG.UPDATE_SYNC == "average"
     assert PrototypeMemory(cfg, dim=8).update_sync == "average"
-    assert load_config(REPO / "configs" / "cityscapes" / "protoseg_hrnetv2_W48_bs8_160k.yaml").MODEL.PROTOSEG.UPDATE_SYNC == "global"
+    paper = load_config(REPO / "configs" / "cityscapes" / "protoseg_hrnetv2_W48_bs8_160k.yaml")
+    assert paper.MODEL.PROTOSEG.UPDATE_SYNC == "global"
     with pytest.raises(ValueError, match="UPDATE_SYNC"):
         PrototypeMemory(2, 2, 2, update_sync="sum")

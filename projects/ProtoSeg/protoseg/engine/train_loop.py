@@ -83,10 +83,11 @@ class ProtoSegTrainLoop(SimpleTrainer):
         data_time = time.perf_counter() - start
 
         saved_statistics = self._snapshot_statistics()
+        amp_dtype = torch.bfloat16 if self.device_type == "cpu" else None
         with ExitStack() as deferring:
             for module in self.deferring_modules:
                 deferring.enter_context(module.deferring_updates())
-            with torch.autocast(self.device_type, enabled=self.amp, dtype=torch.bfloat16 if self.device_type == "cpu" else None):
+            with torch.autocast(self.device_type, enabled=self.amp, dtype=amp_dtype):
                 loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}

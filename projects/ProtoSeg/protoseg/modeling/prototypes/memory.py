@@ -439,7 +439,7 @@ class PrototypeMemory(nn.Module):
         return torch.where(keep[:, None], new, old)
 
     def _average_over_processes(self, new: torch.Tensor, counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """"average" sync: (C*K, D) this rank's new prototypes and (C*K,) its counts -> their mean
+        """The "average" sync: (C*K, D) this rank's new prototypes and (C*K,) its counts -> their mean
         over ranks (l2-normalised for cosine) and the counts summed over ranks (one all-reduce)."""
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return new, counts
