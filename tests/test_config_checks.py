@@ -30,6 +30,7 @@ BAD_VALUES = [
     ("MODEL.PROTOSEG.PPD_WEIGHT", "0.01", "must be a number >= 0"),
     ("MODEL.PROTOSEG.WARMUP_ITERS", -100, "must be an integer >= 0"),
     ("MODEL.PROTOSEG.UPDATE_FROM_CORRECT_ONLY", 1, "must be True or False"),
+    ("MODEL.PROTOSEG.UPDATE_SYNC", "sum", "must be one of 'global', 'average'"),
     ("MODEL.PROTOSEG.ASSIGNMENT", "softmax", "must be one of 'argmax', 'gumbel'"),
     ("MODEL.PROTOSEG.CLASS_SCORE_NORM", "LayerNorm", "must be one of 'layernorm', 'temperature'"),
     ("MODEL.PROTOSEG.CLASS_SCORE_TEMPERATURE", 0, "must be a number > 0"),
@@ -269,7 +270,7 @@ def test_choices_are_the_modules():
     from protoseg.modeling.heads.protoseg_head import PROJECTIONS
     from protoseg.modeling.heads.score_norm import CLASS_SCORE_NORMS
     from protoseg.modeling.prototypes.memory import ASSIGNMENTS
-    from protoseg.modeling.prototypes.memory import SCORES_KERNELS
+    from protoseg.modeling.prototypes.memory import SCORES_KERNELS, UPDATE_SYNCS
     from protoseg.modeling.prototypes.scores import SIMILARITY_PRECISIONS
     from protoseg.modeling.backbones.dilated_resnet import STEM_TYPES
     from protoseg.modeling.backbones.hrnet import HRNET_WIDTHS
@@ -280,6 +281,7 @@ def test_choices_are_the_modules():
         "MODEL.PROTOSEG.ASSIGNMENT": ASSIGNMENTS, "MODEL.PROTOSEG.CLASS_SCORE_NORM": CLASS_SCORE_NORMS,
         "MODEL.PROTOSEG.PROJECTION": PROJECTIONS, "MODEL.PROTOSEG.DISTANCE": DISTANCES,
         "MODEL.PROTOSEG.SIMILARITY_PRECISION": SIMILARITY_PRECISIONS, "MODEL.PROTOSEG.SCORES_KERNEL": SCORES_KERNELS,
+        "MODEL.PROTOSEG.UPDATE_SYNC": UPDATE_SYNCS,
         "MODEL.SEM_SEG_HEAD.HRNET_VARIANT": HRNET_VARIANTS, "MODEL.SEM_SEG_HEAD.SEGFORMER_VARIANT": SEGFORMER_VARIANTS,
         "INPUT.SCALE_JITTER.MODE": SCALE_JITTER_MODES, "INPUT.PAD.POSITION": PAD_POSITIONS,
         "INPUT.PAD.IMAGE_VALUE": PAD_IMAGE_VALUES, "SOLVER.OPTIMIZER": OPTIMIZERS,

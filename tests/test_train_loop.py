@@ -6,7 +6,9 @@ import logging
 import pytest
 import torch
 
+from detectron2.engine import HookBase
 from detectron2.modeling import build_model
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from protoseg.engine import Trainer
@@ -105,6 +107,24 @@ def test_mixed_precision_steps_train_and_keep_unit_prototypes():
     assert all(torch.isfinite(torch.tensor(v)) for v in logged.values())
 
 
+def test_grad_scaler_skip_keeps_the_weights_and_commits_the_prototype_update():
+    """AMP with a GradScaler (CUDA's; here the CPU one, with a scale that makes the scaled gradients
+    overflow): the loss is finite, so the step counts; the scaler skips the optimizer step and halves
+    its scale, and the prototype update, computed from the finite forward, is committed."""
+    torch.manual_seed(0)
+    model = build_model(toy_cfg(opts=["MODEL.SEM_SEG_HEAD.DROPOUT", 0.0]))
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loop = ProtoSegTrainLoop(model, [random_batch(n=2, size=64, seed=0)], optimizer, amp=True)
+    loop.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+    weights = {k: v.detach().clone() for k, v in model.named_parameters()}
+    protos = model.sem_seg_head.memory.prototypes.clone()
+    run(loop, 1)
+    assert loop.total_skips == 0 and loop.grad_scaler.get_scale() == 2.0**126
+    assert all(torch.equal(v, weights[k]) for k, v in model.named_parameters())
+    assert (model.sem_seg_head.memory.prototypes != protos).any(dim=-1).sum() > 0
+
+
 # ---- the same through Trainer, as train_net.py runs it -----------------------------------------
 class NaNBatches:
     """The training loader, with a NaN patch in the images of the batches of ``iterations`` (what
@@ -166,3 +186,35 @@ def test_trainer_stops_past_the_skip_limit(toy_dataset, tmp_path):
     with pytest.raises(FloatingPointError, match="2 consecutive iterations.*iteration 2.*NONFINITE_SKIP_LIMIT"):
         trainer.train()
     assert trainer.iter == 2
+
+
+class StateAfterEachStep(HookBase):
+    """Copies of the model's state dict after every iteration."""
+
+    def __init__(self):
+        self.states = []
+
+    def after_step(self):
+        self.states.append({k: v.detach().clone() for k, v in self.trainer.model.state_dict().items()})
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_trainer_skipped_step_leaves_the_prototypes_of_the_other_images_unchanged(toy_dataset, tmp_path, amp):
+    """One NaN image in a batch of 4, FrozenBN and no norm in the decoder: the NaN stays in that
+    image, the other three give finite embeddings, and the loss is NaN. The skipped step leaves
+    every entry of the state dict unchanged, the prototypes included; the next step updates them."""
+    cfg = toy_trainer_cfg(tmp_path, 3, "SOLVER.IMS_PER_BATCH", 4, "MODEL.RESNETS.NORM", "FrozenBN",
+                          "MODEL.SEM_SEG_HEAD.NORM", "", "MODEL.SEM_SEG_HEAD.DROPOUT", 0.0,
+                          "SOLVER.AMP.ENABLED", amp)
+    seed_all_rng(0)
+    trainer = nan_trainer(cfg, iterations=[1])
+    recorder = StateAfterEachStep()
+    trainer.register_hooks([recorder])
+    trainer.train()
+    assert trainer._trainer.total_skips == 1
+    before, skipped, after = recorder.states
+    protos = "sem_seg_head.memory.prototypes"
+    changed = [k for k in before if not torch.equal(before[k], skipped[k])]
+    assert not changed, changed
+    # the step after it learns again (its images are finite)
+    assert (before[protos] != after[protos]).any(dim=-1).sum() > 0

@@ -3,15 +3,26 @@ whose loss is NaN or Inf is skipped with a warning instead of ending the run.
 
 Detectron2 raises ``FloatingPointError`` on the first non-finite loss; on a days-long run one bad
 batch (an extreme crop, an overflow under fp16) then costs everything since the last checkpoint.
-Here the parameters, the optimizer state and the normalisation statistics (BatchNorm running
-mean/var and counters, which the forward of a NaN batch would poison; they are copied before each forward and put
-back) are left untouched by such a step (the prototype memory never takes a non-finite update either,
-see ``PrototypeMemory.update``), the step is counted in the
-``skipped_nonfinite_steps`` scalar, and training ends with ``FloatingPointError`` only after
-``skip_limit`` consecutive non-finite steps, i.e. when training has really diverged.
+Here such a step leaves untouched the parameters, the optimizer state, the normalisation statistics
+(BatchNorm running mean/var and counters, which the forward of a NaN batch would poison; they are
+copied before each forward and put back) and the prototypes: every module that offers deferred
+updates (``deferring_updates`` / ``commit_pending_updates`` / ``discard_pending_updates``, the
+prototype memory's protocol) computes its update in the forward without writing it, and the update
+is committed only once the loss is known to be finite on every process, the same decision on all
+ranks. The step is counted in the ``skipped_nonfinite_steps`` scalar, and training ends with
+``FloatingPointError`` only after ``skip_limit`` consecutive non-finite steps, i.e. when training
+has really diverged.
+
+Under AMP with a ``GradScaler``, a finite loss whose scaled gradients overflow makes the scaler skip
+the optimizer step and lower its scale. The prototype update of such a step is committed: it comes
+from a finite forward and does not depend on the gradients, and the overflow says something about
+the loss scale, not about the batch (the scaler skips several steps at the start of every run while
+it finds its scale). This is also what Detectron2's AMPTrainer and the reference code do, whose
+update happens in the forward whatever the scaler does.
 """
 import logging
 import time
+from contextlib import ExitStack
 from typing import Dict, List
 
 import torch
@@ -21,11 +32,17 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..modeling.prototypes import PrototypeMemory
-
-__all__ = ["ProtoSegTrainLoop"]
+__all__ = ["ProtoSegTrainLoop", "deferred_update_modules"]
 
 logger = logging.getLogger("protoseg")
+
+DEFERRED_UPDATE_METHODS = ("deferring_updates", "commit_pending_updates", "discard_pending_updates")
+
+
+def deferred_update_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The submodules of ``model`` that write state in the forward and can hold it until the step
+    is accepted (those with all of ``DEFERRED_UPDATE_METHODS``, e.g. the prototype memory)."""
+    return [m for m in model.modules() if all(callable(getattr(m, name, None)) for name in DEFERRED_UPDATE_METHODS)]
 
 
 class ProtoSegTrainLoop(SimpleTrainer):
@@ -48,12 +65,13 @@ class ProtoSegTrainLoop(SimpleTrainer):
         self.grad_scaler = torch.cuda.amp.GradScaler() if amp and self.device_type == "cuda" else None
         self.consecutive_skips = 0
         self.total_skips = 0
-        prototypes = {id(b) for m in model.modules() if isinstance(m, PrototypeMemory) for b in m.buffers()}
+        self.deferring_modules = deferred_update_modules(model)
+        deferred = {id(b) for m in self.deferring_modules for b in m.buffers()}
         # buffers a forward pass updates (BN statistics and counters), grouped by dtype so that a
-        # snapshot is one concatenation per dtype; not the prototypes, which guard their own update
+        # snapshot is one concatenation per dtype; not those of the deferring modules (prototypes)
         self.statistics_buffers: Dict[torch.dtype, List[torch.Tensor]] = {}
         for b in model.buffers():
-            if id(b) not in prototypes:
+            if id(b) not in deferred:
                 self.statistics_buffers.setdefault(b.dtype, []).append(b)
         if isinstance(model, DistributedDataParallel) and model.device_ids and len(model.device_ids) > 1:
             raise ValueError("one process per device: DDP with several device_ids is not supported")
@@ -65,8 +83,12 @@ class ProtoSegTrainLoop(SimpleTrainer):
         data_time = time.perf_counter() - start
 
         saved_statistics = self._snapshot_statistics()
-        with torch.autocast(self.device_type, enabled=self.amp, dtype=torch.bfloat16 if self.device_type == "cpu" else None):
-            loss_dict = self.model(data)
+        amp_dtype = torch.bfloat16 if self.device_type == "cpu" else None
+        with ExitStack() as deferring:
+            for module in self.deferring_modules:
+                deferring.enter_context(module.deferring_updates())
+            with torch.autocast(self.device_type, enabled=self.amp, dtype=amp_dtype):
+                loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
         losses = sum(loss_dict.values())
@@ -78,6 +100,8 @@ class ProtoSegTrainLoop(SimpleTrainer):
 
         if self._finite_everywhere(losses):
             self.consecutive_skips = 0
+            for module in self.deferring_modules:
+                module.commit_pending_updates()  # also when the grad scaler skips (module docstring)
             self._write_metrics(loss_dict, data_time)
             if self.grad_scaler is not None:
                 self.grad_scaler.step(self.optimizer)
@@ -86,6 +110,8 @@ class ProtoSegTrainLoop(SimpleTrainer):
                 self.optimizer.step()
         else:
             self._restore_statistics(saved_statistics)
+            for module in self.deferring_modules:
+                module.discard_pending_updates()
             self._skip(loss_dict)
 
     def _snapshot_statistics(self) -> Dict[torch.dtype, torch.Tensor]:

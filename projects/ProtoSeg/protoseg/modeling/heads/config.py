@@ -12,7 +12,7 @@ how to get the reference's behaviour (docs/MODEL_ZOO.md lists the differences).
 from ...config_checks import DETECTRON2, Boolean, Integer, Items, Key, Number, OneOf, add_keys, declare
 from ..backbones.stages import ALL_STAGES
 from ..prototypes.distances import DISTANCES
-from ..prototypes.memory import ASSIGNMENTS, SCORES_KERNELS
+from ..prototypes.memory import ASSIGNMENTS, SCORES_KERNELS, UPDATE_SYNCS
 from ..prototypes.scores import SIMILARITY_PRECISIONS
 from .protoseg_head import PROJECTIONS
 from .score_norm import CLASS_SCORE_NORMS
@@ -66,6 +66,12 @@ MEMORY_KEYS = declare(__name__, [
         "(fused Triton kernels that never hold the N x C*K matrix, prototypes/triton_scores.py; CUDA, or CPU "
         "under TRITON_INTERPRET=1; needs the triton package; CHUNK_SIZE does not apply). Inference always "
         "uses \"torch\". Default \"torch\" until GPU measurements choose."),
+    Key("MODEL.PROTOSEG.UPDATE_SYNC", "global", OneOf(UPDATE_SYNCS),
+        "Multi-process training, how the ranks update the prototypes: \"global\" clusters and updates on the "
+        "global batch (Sinkhorn marginals and prototype sums all-reduced: N processes compute what one "
+        "process computes on the whole batch); \"average\" is the reference code's: each rank clusters and "
+        "updates on its own pixels, then the prototypes are averaged over the ranks (and l2-normalised), so "
+        "a class seen by 1 of N ranks moves about 1/N as far as with \"global\"."),
     Key("MODEL.PROTOSEG.INIT_STD", 0.02, Number(gt=0),
         "std of the truncated normal that initialises the prototypes before l2-normalisation (reference "
         "code; reference issue #19 asked how prototypes are initialised)."),

@@ -8,10 +8,19 @@ The head calls :meth:`PrototypeMemory.learn` once per training step (and
 scores into logits, the memory knows the prototypes.
 
 The memory is a buffer (C, K, D): it is saved, loaded and resumed with the model, is not in the
-optimizer and gets no weight decay. It is written only inside :meth:`PrototypeMemory.update`, under
+optimizer and gets no weight decay. It is written only by :meth:`PrototypeMemory.update` (or, inside
+:meth:`PrototypeMemory.deferring_updates`, by :meth:`PrototypeMemory.commit_pending_updates`), under
 ``torch.no_grad()``, and never with a non-finite value.
+
+Deferred updates: the train loop decides whether a step counts only after its forward (the loss must
+be finite on every process), but the update is computed in the forward. Inside
+:meth:`~PrototypeMemory.deferring_updates` the update goes to a pending buffer, and the loop then
+calls :meth:`~PrototypeMemory.commit_pending_updates` (the step counts) or
+:meth:`~PrototypeMemory.discard_pending_updates` (it is skipped). Any module offering these three
+methods takes part; see ``engine/train_loop.py``.
 """
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -35,6 +44,8 @@ from .triton_scores import triton_available, triton_prototype_scores
 __all__ = ["PrototypeMemory", "PrototypeLearning"]
 
 ASSIGNMENTS = ("argmax", "gumbel")
+#: MODEL.PROTOSEG.UPDATE_SYNC: how several processes update the prototypes (see PrototypeMemory.update)
+UPDATE_SYNCS = ("global", "average")
 #: MODEL.PROTOSEG.SCORES_KERNEL: the training step's scores by PyTorch products or Triton kernels
 SCORES_KERNELS = ("torch", "triton")
 
@@ -76,6 +87,7 @@ class PrototypeMemory(nn.Module):
         sinkhorn_kappa: float = 0.05,
         assignment: str = "argmax",
         update_from_correct_only: bool = True,
+        update_sync: str = "global",
         distance: str = "cosine",
         huber_delta: float = 0.1,
         init_std: float = 0.02,
@@ -95,6 +107,10 @@ class PrototypeMemory(nn.Module):
                 hard Gumbel-softmax sample (tau 0.5) of the plan, used for the update only.
             update_from_correct_only: update from the pixels the model already classifies
                 correctly (reference code; the paper is silent).
+            update_sync: with several processes, "global": clustering and update of the global
+                batch (all-reduced marginals and sums); "average": the reference code's, each
+                process clusters and updates on its own pixels, then the prototypes are averaged
+                over processes. See :meth:`update`.
             distance: "cosine" (unit vectors), "euclidean" or "huber" (Table 5d).
             huber_delta: delta of the Huberized distance.
             init_std: std of the truncated-normal initialisation (reference), before l2-norm.
@@ -110,6 +126,8 @@ class PrototypeMemory(nn.Module):
             raise ValueError(f"MODEL.PROTOSEG.DISTANCE must be one of {DISTANCES}, got {distance!r}")
         if assignment not in ASSIGNMENTS:
             raise ValueError(f"MODEL.PROTOSEG.ASSIGNMENT must be one of {ASSIGNMENTS}, got {assignment!r}")
+        if update_sync not in UPDATE_SYNCS:
+            raise ValueError(f"MODEL.PROTOSEG.UPDATE_SYNC must be one of {UPDATE_SYNCS}, got {update_sync!r}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"MODEL.PROTOSEG.MOMENTUM must be in [0, 1], got {momentum}")
         if similarity_precision not in SIMILARITY_PRECISIONS:
@@ -130,6 +148,7 @@ class PrototypeMemory(nn.Module):
         self.sinkhorn_iters, self.sinkhorn_kappa = sinkhorn_iters, sinkhorn_kappa
         self.assignment = assignment
         self.update_from_correct_only = update_from_correct_only
+        self.update_sync = update_sync
         self.distance, self.huber_delta = distance, huber_delta
         self.ppc_temperature, self.ppc_weight, self.ppd_weight = ppc_temperature, ppc_weight, ppd_weight
         self.chunk_size, self.similarity_precision = chunk_size, similarity_precision
@@ -142,6 +161,9 @@ class PrototypeMemory(nn.Module):
         # whether the prototypes are known to be the same on every process (see broadcast_)
         self.synchronized = False
         self._latest_pixel_counts: Optional[torch.Tensor] = None
+        # inside deferring_updates(): update() leaves (prototypes, pixel counts) here
+        self._deferring = False
+        self._pending: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     @classmethod
     def from_config(cls, cfg, dim: int):
@@ -157,6 +179,7 @@ class PrototypeMemory(nn.Module):
             "sinkhorn_kappa": p.SINKHORN_KAPPA,
             "assignment": p.ASSIGNMENT,
             "update_from_correct_only": p.UPDATE_FROM_CORRECT_ONLY,
+            "update_sync": p.UPDATE_SYNC,
             "distance": p.DISTANCE,
             "huber_delta": p.HUBER_DELTA,
             "init_std": p.INIT_STD,
@@ -177,7 +200,8 @@ class PrototypeMemory(nn.Module):
         frozen: bool = False,
     ) -> PrototypeLearning:
         """One training step of prototype learning: class logits, then (unless ``frozen``) the
-        clustering and momentum update of the prototypes (no gradient) and the PPC / PPD losses.
+        clustering and momentum update of the prototypes (no gradient; written at once, or pending
+        inside :meth:`deferring_updates`) and the PPC / PPD losses.
 
         Args:
             x: (N, D) pixel embeddings (unit vectors for cosine), N = B*h*w in (b, y, x) order.
@@ -207,7 +231,6 @@ class PrototypeMemory(nn.Module):
             )
         logits = to_logits(scores)
         targets, pixel_counts = self.cluster_and_update(x, own.detach(), logits.detach(), labels)
-        self._latest_pixel_counts = pixel_counts
         valid = targets >= 0
         # the target is one of the pixel's own-class prototypes: its similarity is a column of own
         assigned = torch.where(valid, targets - labels * self.num_prototypes, torch.zeros_like(labels))
@@ -306,7 +329,10 @@ class PrototypeMemory(nn.Module):
             assigned = torch.zeros_like(labels)
             sampled = assigned
         else:
-            plan = sinkhorn_knopp(own_scores, cluster_labels, C + 1, self.sinkhorn_iters, self.sinkhorn_kappa)
+            plan = sinkhorn_knopp(
+                own_scores, cluster_labels, C + 1, self.sinkhorn_iters, self.sinkhorn_kappa,
+                distributed=self.update_sync == "global",
+            )
             assigned = plan.argmax(dim=1)
             if self.assignment == "gumbel":
                 sampled = F.gumbel_softmax(plan, tau=0.5, hard=True).argmax(dim=1)
@@ -348,9 +374,16 @@ class PrototypeMemory(nn.Module):
 
         For prototype (c, k) with assigned pixel embeddings {x_i}: m = l2norm(sum_i x_i) (cosine;
         the plain mean for the unnormalised distances), p <- mu * p + (1 - mu) * m, then every
-        prototype is l2-normalised. Prototypes with no pixel and classes absent from the batch are
-        unchanged. Embedding sums and counts are all-reduced before the single update, so every
-        rank computes the prototypes of the global batch.
+        prototype is l2-normalised (cosine). Prototypes with no pixel and classes absent from the
+        batch are unchanged. With several processes, by ``update_sync``:
+
+        - "global": the embedding sums and counts are all-reduced before the single update, so every
+          rank computes the prototypes of the global batch;
+        - "average" (reference code): each rank updates from its own pixels, then the prototypes are
+          averaged over ranks and l2-normalised (cosine). The reference stores the mean as it is and
+          l2-normalises the prototypes at the start of every forward: the same prototypes in use.
+
+        The result is written to the buffer, or kept pending inside :meth:`deferring_updates`.
 
         Args:
             x: (N, D) pixel embeddings (detached inside).
@@ -362,27 +395,86 @@ class PrototypeMemory(nn.Module):
         """
         C, K, D = self.num_classes, self.num_prototypes, self.dim
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.detach().float()
-            slot = torch.where(update_targets >= 0, update_targets, torch.full_like(update_targets, C * K))
-            # One buffer for one all-reduce: the sums (C*K + 1, D) then the counts (C*K + 1,), each
-            # contiguous (index_add_ into a strided view is much slower on CPU).
-            stats = x.new_zeros((C * K + 1) * (D + 1))
-            sums = stats[: (C * K + 1) * D].view(C * K + 1, D).index_add_(0, slot, x)
-            counts = stats[(C * K + 1) * D :].index_add_(0, slot, torch.ones_like(x[:, 0]))
+            sums, counts = self._assigned_sums(x.detach().float(), update_targets, self.update_sync == "global")
+            new = self._momentum_step(sums, counts)
+            if self.update_sync == "average":
+                new, counts = self._average_over_processes(new, counts)
+        new, counts = new.view(C, K, D), counts.view(C, K)
+        if self._deferring:
+            self._pending = (new, counts)
+        else:
+            self._write(new, counts)
+        return counts
+
+    def _assigned_sums(
+        self, x: torch.Tensor, update_targets: torch.Tensor, all_processes: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) float32 embeddings, (N,) targets -> (C*K, D) sums and (C*K,) counts of the pixels
+        assigned to each prototype, of all processes (one all-reduce) when ``all_processes``."""
+        C, K, D = self.num_classes, self.num_prototypes, self.dim
+        slot = torch.where(update_targets >= 0, update_targets, torch.full_like(update_targets, C * K))
+        # One buffer for one all-reduce: the sums (C*K + 1, D) then the counts (C*K + 1,), each
+        # contiguous (index_add_ into a strided view is much slower on CPU).
+        stats = x.new_zeros((C * K + 1) * (D + 1))
+        sums = stats[: (C * K + 1) * D].view(C * K + 1, D).index_add_(0, slot, x)
+        counts = stats[(C * K + 1) * D :].index_add_(0, slot, torch.ones_like(x[:, 0]))
+        if all_processes:
             world_all_reduce(stats)
-            sums, counts = sums[: C * K], counts[: C * K]
-            if self.normalized:
-                centres = F.normalize(sums, dim=1)
-            else:
-                centres = sums / counts.clamp_min(1.0)[:, None]
-            old = self.prototypes.view(C * K, D).float()
-            new = torch.lerp(centres, old, self.momentum)  # mu * old + (1 - mu) * centre
-            if self.normalized:
-                new = F.normalize(new, dim=1)
-            # a row sum is finite iff the row is (for the magnitudes of embeddings)
-            keep = (counts > 0) & torch.isfinite(new.sum(dim=1))
-            self.prototypes.copy_(torch.where(keep[:, None], new, old).view(C, K, D))
-        return counts.view(C, K)
+        return sums[: C * K], counts[: C * K]
+
+    def _momentum_step(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Eq. 14 from (C*K, D) sums and (C*K,) counts -> (C*K, D) float32 new prototypes; the
+        current ones where a prototype has no pixel or the new value is not finite."""
+        C, K, D = self.num_classes, self.num_prototypes, self.dim
+        if self.normalized:
+            centres = F.normalize(sums, dim=1)
+        else:
+            centres = sums / counts.clamp_min(1.0)[:, None]
+        old = self.prototypes.view(C * K, D).float()
+        new = torch.lerp(centres, old, self.momentum)  # mu * old + (1 - mu) * centre
+        if self.normalized:
+            new = F.normalize(new, dim=1)
+        # a row sum is finite iff the row is (for the magnitudes of embeddings)
+        keep = (counts > 0) & torch.isfinite(new.sum(dim=1))
+        return torch.where(keep[:, None], new, old)
+
+    def _average_over_processes(self, new: torch.Tensor, counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The "average" sync: (C*K, D) this rank's new prototypes and (C*K,) its counts -> their mean
+        over ranks (l2-normalised for cosine) and the counts summed over ranks (one all-reduce)."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return new, counts
+        rows = new.shape[0]
+        stats = world_all_reduce(torch.cat([new.reshape(-1), counts]))
+        mean = stats[: new.numel()].view_as(new).div_(dist.get_world_size())
+        return (F.normalize(mean, dim=1) if self.normalized else mean), stats[new.numel() :].view(rows)
+
+    def _write(self, prototypes: torch.Tensor, pixel_counts: torch.Tensor) -> None:
+        """Store (C, K, D) prototypes and the (C, K) counts of the update that produced them."""
+        self.prototypes.copy_(prototypes)
+        self._latest_pixel_counts = pixel_counts
+
+    @contextmanager
+    def deferring_updates(self) -> Iterator[None]:
+        """Within: :meth:`update` keeps its result pending instead of writing the buffer (so a
+        forward leaves the prototypes as they are); :meth:`commit_pending_updates` writes it,
+        :meth:`discard_pending_updates` drops it. The train loop runs each forward inside."""
+        deferring, self._deferring = self._deferring, True
+        try:
+            yield
+        finally:
+            self._deferring = deferring
+
+    @torch.no_grad()
+    def commit_pending_updates(self) -> None:
+        """Write the update computed inside :meth:`deferring_updates`, if any (the step counts)."""
+        if self._pending is not None:
+            self._write(*self._pending)
+            self._pending = None
+
+    def discard_pending_updates(self) -> None:
+        """Drop the update computed inside :meth:`deferring_updates`, if any (the step is skipped):
+        prototypes and statistics stay those of the last committed update."""
+        self._pending = None
 
     @staticmethod
     def used_share(pixel_counts: torch.Tensor) -> torch.Tensor:
