@@ -1,5 +1,7 @@
-"""docs/ARCHITECTURE.md stays true: its import rules hold for every import of the package, and one
-step of the real Trainer calls from module to module exactly as its training-path list says."""
+"""docs/ARCHITECTURE.md stays true: its import rules hold for every import of the package (and the
+table allows nothing that no import uses, and no circle), the scripts import the installed package
+(no path edits, no execution of another file by its path), and one step of the real Trainer calls
+from module to module exactly as its training-path list says."""
 import ast
 import collections
 import re
@@ -16,7 +18,17 @@ from conftest import REPO, toy_cfg
 
 PACKAGE = REPO / "projects" / "ProtoSeg" / "protoseg"
 ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
-SCRIPT_MODULES = {"toy_scenes", "studies", "train_net"}  # modules of datasets/, tools/ and the root
+SCRIPT_DIRS = ("tools", "demo", "datasets", "lab")
+SCRIPTS = sorted([REPO / "train_net.py"] + [p for d in SCRIPT_DIRS for p in (REPO / d).rglob("*.py")])
+SCRIPT_MODULES = {p.stem for p in SCRIPTS}  # what the package must never import
+# Scripts that run another file by path, each for a reason of its own (docs/ARCHITECTURE.md):
+RUNS_FILES_BY_PATH = {
+    # loads protoseg/data/labels.py and ade20k_full.py without the package's __init__, so that the
+    # prepare scripts need numpy and Pillow only (no torch, no Detectron2)
+    "datasets/_prepare_common.py",
+    # --register FILE: runs the user's own registration file, which is the option's purpose
+    "tools/check_dataset.py",
+}
 
 
 def documented_block(name: str) -> str:
@@ -46,8 +58,21 @@ def unit_of(path: Path) -> str:
     return parts[0] if len(parts) > 1 else parts[0]
 
 
-def resolve(path: Path, node: ast.ImportFrom):
-    """Package files an import statement of ``path`` reads (relative or ``protoseg.``)."""
+def resolve(path: Path, node):
+    """Package files an import statement of ``path`` reads (relative or ``protoseg.``; ``from``
+    or plain ``import``)."""
+    if isinstance(node, ast.Import):
+        found = []
+        for alias in node.names:
+            parts = alias.name.split(".")
+            if parts[0] != "protoseg":
+                continue
+            target = PACKAGE.parent.joinpath(*parts)
+            if target.with_suffix(".py").is_file():
+                found.append(target.with_suffix(".py"))
+            elif (target / "__init__.py").is_file():
+                found.append(target / "__init__.py")
+        return found
     if node.level:
         base = path.parent
         for _ in range(node.level - 1):
@@ -75,14 +100,14 @@ def package_imports():
     edges, plain = [], []
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                if node.level == 0 and node.module:
-                    plain.append((path, node.module.split(".")[0]))
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                plain.append((path, node.module.split(".")[0]))
+            elif isinstance(node, ast.Import):
+                plain += [(path, a.name.split(".")[0]) for a in node.names]
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for target in resolve(path, node):
                     if unit_of(target) != unit_of(path):
                         edges.append((path, unit_of(path), unit_of(target)))
-            elif isinstance(node, ast.Import):
-                plain += [(path, a.name.split(".")[0]) for a in node.names]
     return edges, plain
 
 
@@ -95,6 +120,61 @@ def test_every_import_of_the_package_follows_the_documented_rules():
     assert not broken, f"imports that {ARCHITECTURE.name} does not allow:\n" + "\n".join(broken)
     scripts = sorted(f"{p.relative_to(PACKAGE)}: import {m}" for p, m in plain if m in SCRIPT_MODULES)
     assert not scripts, "the package imports a script's module:\n" + "\n".join(scripts)
+
+
+def test_the_table_allows_only_imports_that_are_made():
+    rules = import_rules()
+    edges, _ = package_imports()
+    made = {(a, b) for _, a, b in edges}
+    unused = sorted(f"{a} may import {b}" for a, allowed in rules.items() for b in allowed if (a, b) not in made)
+    assert not unused, f"allowances of {ARCHITECTURE.name} that no import uses:\n" + "\n".join(unused)
+
+
+def circles(graph):
+    """Every unit of ``graph`` ({unit: units it imports}) that can reach itself."""
+    def reaches(start, goal, seen):
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
+
+    return sorted(u for u in graph if reaches(u, u, frozenset()))
+
+
+def test_the_table_has_no_circle():
+    assert circles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == ["a", "b"]  # the check itself
+    found = circles(import_rules())
+    assert not found, f"units of {ARCHITECTURE.name}'s import table that import themselves in a circle: {found}"
+
+
+def script_problems(path: Path):
+    """What a script does against the rule "import the installed package": ``sys.path`` edits,
+    running another file by its path, imports of package modules that do not exist."""
+    problems = []
+    tree = ast.parse(path.read_text())
+    rel = str(path.relative_to(REPO))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+            if node.value.attr == "path" and getattr(node.value.value, "id", None) == "sys" and node.attr in {
+                "insert", "append", "extend"
+            }:
+                problems.append(f"{rel}:{node.lineno}: edits sys.path")
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute):
+            if node.value.attr == "path" and getattr(node.value.value, "id", None) == "sys" and isinstance(
+                getattr(node, "ctx", None), ast.Store
+            ):
+                problems.append(f"{rel}:{node.lineno}: edits sys.path")
+        if rel not in RUNS_FILES_BY_PATH and isinstance(node, ast.Attribute) and node.attr in {
+            "spec_from_file_location", "run_path"
+        }:
+            problems.append(f"{rel}:{node.lineno}: runs a file by its path ({node.attr})")
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "protoseg":
+            if not resolve(path, node):
+                problems.append(f"{rel}:{node.lineno}: imports {node.module}, which the package does not have")
+    return problems
+
+
+def test_scripts_import_the_installed_package():
+    assert len(SCRIPTS) > 20 and REPO / "demo" / "demo.py" in SCRIPTS
+    found = [p for path in SCRIPTS for p in script_problems(path)]
+    assert not found, "scripts that reach into the package another way:\n" + "\n".join(found)
 
 
 def test_the_prototype_room_imports_nothing_else_of_the_package():

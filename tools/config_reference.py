@@ -12,11 +12,10 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "projects" / "ProtoSeg"))
+from protoseg.config import declared_keys, load_config
+from protoseg.config_checks import DETECTRON2, format_value, leaves
 
-from protoseg.config import declared_keys, load_config  # noqa: E402
-from protoseg.config_checks import DETECTRON2, format_value, leaves  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 REFERENCE_CONFIG = "configs/cityscapes/reference_protoseg_hrnetv2_W48_bs8_80k.yaml"
 
