@@ -24,7 +24,7 @@ from ..data.mapper import SemSegDatasetMapper
 from ..evaluation import SemSegReportEvaluator, format_per_class_table
 from ..evaluation.report import format_summary_metrics
 from ..solver import build_lr_scheduler, build_optimizer
-from .console import model_summary, setup_run
+from .console import install_log_filters, model_summary, setup_run
 from .hooks import BestCheckpointHook, PrototypeStatisticsHook, PrototypeSyncCheckHook
 from .launch import create_ddp_model
 from .train_loop import ProtoSegTrainLoop
@@ -60,6 +60,7 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)  # hooks list, iter = start_iter = 0
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # setup_logger not called yet
             setup_logger()
+        install_log_filters()  # (setup_run installs them too; a Trainer may be built without it)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
 
         # in Detectron2's order
