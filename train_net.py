@@ -4,12 +4,19 @@
     python train_net.py --config-file configs/toy/protoseg_r18-d8_fcn_toy.yaml
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/to/model.pth
     python train_net.py --config-file CONFIG --resume              # continue from last_checkpoint
+    python train_net.py --config-file CONFIG --eval-only --resume  # score OUTPUT_DIR's last checkpoint
     python train_net.py --config-file CONFIG --skip-weights sem_seg_head.classifier \
         MODEL.WEIGHTS other_classes.pth MODEL.SEM_SEG_HEAD.NUM_CLASSES 19   # fine-tune, new classifier
     python train_net.py --config-file CONFIG --num-gpus 8          # one machine, 8 GPUs
     python train_net.py --config-file CONFIG --num-gpus 2 MODEL.DEVICE cpu   # no GPU: 2 gloo processes
     python train_net.py --config-file CONFIG --num-gpus 8 --num-machines 2 --machine-rank 0 \
         --dist-url tcp://HOST:PORT                                 # and --machine-rank 1 on the other
+
+An OUTPUT_DIR belongs to one run at a time (training or --eval-only): the run locks it
+(OUTPUT_DIR/.protoseg_run.lock, naming host, pid, start and command) before writing into it and
+releases it at its end; a second run there is refused, a lock left by a killed run of this
+machine is taken over with a warning. --resume refuses a checkpoint past SOLVER.MAX_ITER; from a
+checkpoint at MAX_ITER it trains nothing, writes no checkpoint and runs the final evaluation again.
 
 MODEL.WEIGHTS must fit the model: a missing, unexpected or mis-shaped key is an error, except that
 a file of backbone keys only (tools/convert_pretrained.py) initialises the backbone of a training
