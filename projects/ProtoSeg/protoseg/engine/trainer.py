@@ -26,7 +26,7 @@ from ..evaluation import SemSegReportEvaluator, format_per_class_table
 from ..evaluation.report import format_summary_metrics
 from ..solver import build_lr_scheduler, build_optimizer
 from .console import install_log_filters, model_summary, setup_run
-from .hooks import BestCheckpointHook, PrototypeStatisticsHook, PrototypeSyncCheckHook
+from .hooks import BestCheckpointHook, EarlyProgressHook, PrototypeStatisticsHook, PrototypeSyncCheckHook
 from .launch import broadcast_buffers, create_ddp_model
 from .run_lock import output_dir_lock
 from .train_loop import ProtoSegTrainLoop
@@ -133,6 +133,8 @@ class Trainer(DefaultTrainer):
                     self.cfg.TEST.EVAL_PERIOD, self.checkpointer, self.cfg.SOLVER.BEST_CHECKPOINT_METRIC, "max"
                 )
             )
+        if comm.is_main_process():
+            extra.append(EarlyProgressHook(self.max_iter))
         # After the EvalHook (it produces the metric), before the writers (they print it).
         writer_index = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
         return hook_list[:writer_index] + extra + hook_list[writer_index:]
