@@ -130,6 +130,8 @@ class RunLock:
             )
         elif other is None:
             text += f". If no run uses the folder, delete {self.path}"
+        else:  # a live pid of this host, which may have been reused by another program since
+            text += f". If pid {other.get('pid')} is not that run any more, delete {self.path}"
         return text
 
 
