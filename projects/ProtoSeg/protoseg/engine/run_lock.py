@@ -109,9 +109,7 @@ class RunLock:
         try:
             with open(self.path) as f:
                 holder = json.load(f)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # gone, unreadable or not JSON
             return None
         return holder if isinstance(holder, dict) else None
 
