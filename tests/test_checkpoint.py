@@ -84,6 +84,29 @@ def test_missing_and_unexpected_keys_are_errors(tmp_path):
     assert "1 not in the model: sem_seg_head.old_head.weight" in message
 
 
+def test_mis_shaped_keys_are_listed_as_mis_shaped_only(tmp_path):
+    save_model(tmp_path / "eight.pth")
+    with pytest.raises(CheckpointMismatchError) as error:
+        evaluate_checkpoint(eval_cfg(tmp_path / "eight.pth", opts=["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5]))
+    message = str(error.value)
+    assert "2 mis-shaped: sem_seg_head.classifier.weight (8, 64, 1, 1) in the checkpoint vs (5, 64, 1, 1)" in message
+    assert "missing" not in message and "another head" not in message
+
+
+@pytest.mark.parametrize("saved, loaded, theirs, ours", [
+    (PARAMETRIC, "protoseg_r18-d8_fcn_toy.yaml", "parametric", "ProtoSeg"),
+    ("protoseg_r18-d8_fcn_toy.yaml", PARAMETRIC, "ProtoSeg", "parametric"),
+])
+def test_checkpoint_of_another_head_is_named_so(tmp_path, saved, loaded, theirs, ours):
+    save_model(tmp_path / "other_head.pth", name=saved)
+    with pytest.raises(CheckpointMismatchError) as error:
+        evaluate_checkpoint(eval_cfg(tmp_path / "other_head.pth", name=loaded))
+    message = str(error.value)
+    assert message.startswith(f"This checkpoint is of another head ({theirs}, ")
+    assert f") than the config's ({ours}, " in message
+    assert "other_head.pth does not fit the model" in message  # the keys are still listed
+
+
 def training_cfg(tmp_path, weights, name=PARAMETRIC, opts=()):
     cfg = toy_cfg(name, [
         "MODEL.WEIGHTS", str(weights), "DATASETS.TRAIN", ("toy_test_train",), "DATASETS.TEST", (),

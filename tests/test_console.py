@@ -1,5 +1,6 @@
 """What a run prints: the summary at the start of log.txt, no escape codes, no known-harmless
 warnings, results as plain numbers, and a DataLoader worker's error named first."""
+import json
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ from detectron2.modeling import build_model
 import protoseg
 from protoseg.data.labels import LabelMapError
 from protoseg.engine import Trainer, config_summary, model_summary
-from protoseg.engine.console import _install_log_filters, run_reporting_worker_errors, worker_error_message
+from protoseg.engine.console import install_log_filters, run_reporting_worker_errors, worker_error_message
 from protoseg.evaluation.report import format_summary_metrics
 
 from conftest import REPO, toy_cfg
@@ -57,6 +58,19 @@ def test_a_quickstart_log_starts_with_the_summary_and_ends_with_plain_metrics(to
     values = last.split("Results on toy_scenes_sem_seg_val: ")[1].split()
     assert values[0::2] == ["mIoU", "fwIoU", "mACC", "pACC"]
     assert all(0 <= float(v) <= 100 for v in values[1::2])
+
+
+def test_progress_lines_come_after_the_first_iterations_too(toy_dataset, tmp_path):
+    cfg = toy_cfg(opts=["DATASETS.TRAIN", ("toy_test_train",), "DATASETS.TEST", (), "SOLVER.MAX_ITER", 7,
+                        "SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(tmp_path)])
+    cfg.freeze()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with Records("detectron2.utils.events") as records:
+        trainer.train()
+    printed = [int(m.split("iter: ")[1].split()[0]) for m in records.messages if "iter: " in m and "total_loss" in m]
+    assert printed == [0, 4, 6]  # after 1 and 5 iterations, then Detectron2's writer at the end
+    assert [m["iteration"] for m in map(json.loads, (tmp_path / "metrics.json").read_text().splitlines())] == [6]
 
 
 def test_a_bad_label_in_a_data_worker_is_the_first_line_of_the_error(toy_dataset, tmp_path):
@@ -174,7 +188,7 @@ def test_print_model_logs_the_modules(monkeypatch):
 def test_results_are_plain_numbers():
     flat = {"mIoU": np.float64(7.4912), "fwIoU": np.float64(8.0), "IoU-a": np.float64(1.0), "mACC": 20.5, "pACC": 30.25}
     assert format_summary_metrics(flat) == "mIoU 7.49  fwIoU 8.00  mACC 20.50  pACC 30.25"
-    _install_log_filters()  # what setup_cfg does: Detectron2's evaluator logs its dict as is
+    install_log_filters()  # what setup_cfg does: Detectron2's evaluator logs its dict as is
     with Records("detectron2.evaluation.sem_seg_evaluation") as records:
         logging.getLogger("detectron2.evaluation.sem_seg_evaluation").info(OrderedDict(sem_seg=flat))
     assert records.messages == ["sem_seg: mIoU 7.49  fwIoU 8.00  mACC 20.50  pACC 30.25"]

@@ -105,6 +105,12 @@ def test_train_net_on_two_cpu_processes_then_evaluate_on_one_and_two(toy_dataset
                   "OUTPUT_DIR", str(tmp_path / f"eval{n}"), env=env)
     one, two = per_class_rows(tmp_path / "eval1"), per_class_rows(tmp_path / "eval2")
     assert len(one) == 1 + 8 and one == two
-    base = tmp_path / "eval{}" / "inference" / "toy_scenes_sem_seg_val" / "confusion_matrix.npy"
-    cm1, cm2 = np.load(str(base).format(1)), np.load(str(base).format(2))
+    base = tmp_path / "{}" / "inference" / "toy_scenes_sem_seg_val" / "confusion_matrix.npy"
+    cm1, cm2 = np.load(str(base).format("eval1")), np.load(str(base).format("eval2"))
     assert cm1.sum() > 0 and np.array_equal(cm1, cm2)
+
+    # the evaluation at the end of training scored the saved model (rank 0's BatchNorm statistics
+    # on both ranks), not a mix of the two ranks' models
+    assert np.array_equal(np.load(str(base).format("train")), cm1)
+    assert per_class_rows(tmp_path / "train") == one
+    assert not (tmp_path / "train" / ".protoseg_run.lock").exists()  # released by rank 0, none by rank 1

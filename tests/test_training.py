@@ -183,3 +183,88 @@ def test_no_test_dataset_means_no_evaluation():
 
     cfg = toy_cfg(opts=["DATASETS.TEST", "()"])
     assert Trainer.test(cfg, build_model(cfg)) == {}
+
+
+# ---- the command line: --help, --eval-only --resume, --resume of a finished schedule ------------
+def test_train_net_help_lists_the_options_without_importing_torch():
+    wrapper = (
+        "import runpy, sys\n"
+        f"sys.argv = ['train_net.py', '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({str(REPO / 'train_net.py')!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code, 'torch' in sys.modules, 'detectron2' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--config-file FILE", "--resume", "--eval-only", "--num-gpus", "--skip-weights PREFIX", "opts"):
+        assert option in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "exit 0 False False"
+
+
+def test_train_net_parses_detectron2s_options_as_detectron2_does():
+    from detectron2.engine import default_argument_parser
+
+    argv = ["--config-file", "c.yaml", "--resume", "--num-gpus", "2", "--num-machines", "2", "--machine-rank", "1",
+            "SOLVER.MAX_ITER", "5"]
+    for given in ([], argv, ["--eval-only", "--dist-url", "auto"]):
+        ours, theirs = vars(train_net.get_parser().parse_args(given)), vars(default_argument_parser().parse_args(given))
+        assert {k: ours[k] for k in theirs} == theirs
+
+
+def finished_run(out, max_iter=2, *extra, opts=()):
+    """train_net.main of a tiny run (checkpoint and evaluation every 2 iterations) into ``out``."""
+    args = train_net.get_parser().parse_args([
+        *extra, "--config-file", str(REPO / "configs" / "toy" / "protoseg_r18-d8_fcn_toy.yaml"),
+        "DATASETS.TRAIN", "('toy_test_train',)", "DATASETS.TEST", "('toy_test_val',)", "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "2", "OUTPUT_DIR", str(out), *opts,
+    ])
+    return train_net.main(args)
+
+
+def saved_files(out):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if p.suffix == ".pth" or p.name == "last_checkpoint"}
+
+
+def test_resume_with_max_iter_below_the_checkpoint_is_refused(toy_dataset, tmp_path):
+    finished_run(tmp_path, 4)
+    before = saved_files(tmp_path)
+    assert {"model_0000001.pth", "model_0000003.pth", "model_final.pth", "model_best.pth"} <= set(before)
+    with pytest.raises(ValueError) as error:
+        finished_run(tmp_path, 2, "--resume")
+    message = str(error.value)
+    assert f"--resume: {tmp_path / 'model_final.pth'} has trained 4 iterations, more than SOLVER.MAX_ITER 2" in message
+    assert "set SOLVER.MAX_ITER above 4" in message and "--eval-only --resume" in message
+    assert saved_files(tmp_path) == before
+
+
+def test_resume_of_a_finished_run_warns_evaluates_again_and_writes_no_checkpoint(toy_dataset, tmp_path):
+    finished_run(tmp_path, 2)
+    before = saved_files(tmp_path)
+    with Records("protoseg") as records:
+        finished_run(tmp_path, 2, "--resume")
+    [warning] = records.matching("has trained all 2 iterations of SOLVER.MAX_ITER: nothing to train")
+    assert str(tmp_path / "model_final.pth") in warning
+    assert saved_files(tmp_path) == before  # model_best.pth included
+    final, again = [{k: v for k, v in m.items() if k.startswith("sem_seg/")} for m in read_metrics(tmp_path) if "sem_seg/mIoU" in m]
+    assert len(final) == 20 and again == pytest.approx(final)  # the same final evaluation, of the same model
+
+
+def test_eval_only_resume_scores_the_last_checkpoint_of_the_output_dir(toy_dataset, tmp_path):
+    finished_run(tmp_path / "run", 2)
+    [final] = [m["sem_seg/mIoU"] for m in read_metrics(tmp_path / "run") if "sem_seg/mIoU" in m]
+    with Records("protoseg") as records:
+        scored = finished_run(tmp_path / "run", 2, "--eval-only", "--resume")
+    assert records.matching(f"--eval-only --resume: scoring the last checkpoint of OUTPUT_DIR, {tmp_path / 'run' / 'model_final.pth'}")
+    assert scored["sem_seg"]["mIoU"] == pytest.approx(final, abs=1e-6)
+
+    # no checkpoint in OUTPUT_DIR: MODEL.WEIGHTS, logged so
+    with Records("protoseg") as records:
+        fallback = finished_run(tmp_path / "other", 2, "--eval-only", "--resume",
+                                opts=["MODEL.WEIGHTS", str(tmp_path / "run" / "model_final.pth")])
+    assert records.matching(f"no last_checkpoint in {tmp_path / 'other'}; scoring MODEL.WEIGHTS {tmp_path / 'run' / 'model_final.pth'}")
+    assert fallback["sem_seg"]["mIoU"] == pytest.approx(final, abs=1e-6)
+
+    # neither: refused as without --resume
+    with pytest.raises(ValueError, match="--eval-only without MODEL.WEIGHTS would evaluate a randomly initialised model"):
+        finished_run(tmp_path / "empty", 2, "--eval-only", "--resume")

@@ -10,8 +10,13 @@
   another shape the error also says which config keys decide the shape.
 - A job killed while writing a checkpoint must not leave a truncated file under the final name
   (``model_final.pth`` is overwritten in place on a re-run): local files are written to a
-  temporary name (``<name>.tmp``), synced and renamed into place, and so is ``last_checkpoint``.
-  A checkpointer that saves into a directory removes the temporary files a killed save left there.
+  temporary name (``<name>.<host>-<pid>-<random>.tmp``, unique per process and save), synced and
+  renamed into place, and so is ``last_checkpoint``. A checkpointer that saves into a directory
+  removes the temporary files that a killed save of this machine left there (those whose process
+  no longer runs), never those of a live process or of another machine.
+- A save that runs out of disk space raises :class:`DiskFullError`, one line naming the file, "no
+  space left on device" and the space left; its temporary file is removed, and the files saved
+  before (and ``last_checkpoint``) are untouched.
 - ``model_best.pth`` is saved with ``tag_last=False``: ``--resume`` continues from the latest
   checkpoint, not from the best one.
 - ``.pth`` files are read with ``torch.load(weights_only=True)`` whatever the torch version's
@@ -20,11 +25,13 @@
   code when it is loaded (``PROTOSEG_TRUST_PICKLED_WEIGHTS=1`` reads a trusted ``.pkl`` with plain
   pickle). A truncated or corrupt file is reported as such.
 """
+import errno
 import logging
 import os
 import pickle
 import re
-from typing import Iterable, Optional, Sequence
+import shutil
+from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 
@@ -33,11 +40,13 @@ from detectron2.utils.file_io import PathManager
 from fvcore.common.checkpoint import _filter_reused_missing_keys, _IncompatibleKeys
 
 from .data.safe_pickle import RefusedGlobal, safe_load
+from .processes import writer_tag, written_by_dead_process
 
 __all__ = [
     "ProtoSegCheckpointer",
     "CheckpointMismatchError",
     "CorruptCheckpointError",
+    "DiskFullError",
     "UnsafeCheckpointError",
     "load_pickled_weights",
     "TRUST_PICKLE_ENV",
@@ -62,6 +71,10 @@ class CheckpointMismatchError(ValueError):
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint file that cannot be read: truncated, corrupt or not a checkpoint."""
+
+
+class DiskFullError(OSError):
+    """A checkpoint could not be written: the disk (or the user's quota) is full."""
 
 
 class UnsafeCheckpointError(ValueError):
@@ -189,30 +202,113 @@ def _mismatch_message(source: str, missing, unexpected, wrong, initialising: boo
     return text + "Use the config the checkpoint was trained with (e.g. MODEL.SEM_SEG_HEAD.NUM_CLASSES)"
 
 
+#: the classifier of each kind of head, by the key that only it has: (kind, key, config)
+_HEAD_KINDS = (
+    ("ProtoSeg", "sem_seg_head." + PROTOTYPE_SUFFIX, "ProtoSegHead: prototype buffer"),
+    ("parametric", "sem_seg_head.classifier.weight", "ParametricSegHead: learned 1x1 classifier"),
+)
+
+
+def _head_kind(keys: Iterable[str]) -> Optional[Tuple[str, str]]:
+    """(kind, description) of the head whose classifier key is among ``keys``, or None."""
+    keys = set(keys)
+    return next(((kind, text) for kind, key, text in _HEAD_KINDS if key in keys), None)
+
+
+def _other_head_message(supplied: Iterable[str], model: torch.nn.Module) -> str:
+    """"This checkpoint is of another head (...) than the config's (...). " when the classifier
+    keys of the checkpoint and of the model are of different kinds of head, else ""."""
+    theirs, ours = _head_kind(supplied), _head_kind(model.state_dict())
+    if theirs is None or ours is None or theirs[0] == ours[0]:
+        return ""
+    return (
+        f"This checkpoint is of another head ({theirs[0]}, {theirs[1]}) than the config's ({ours[0]}, "
+        f"{ours[1]}): use a {theirs[0]} config (MODEL.SEM_SEG_HEAD.NAME) for it. "
+    )
+
+
 # ---- atomic writes ----------------------------------------------------------------------------
+#: errors of a write that ran out of space: the disk, or the user's quota on it
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_TEMPORARY = re.compile(r"(?P<final>.+\.pth|last_checkpoint)\.(?P<tag>[^/]+)" + re.escape(TEMP_SUFFIX) + "$")
+
+
+def _size(n: float) -> str:
+    """1.5 GB / 230.0 MB / 12.0 kB."""
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _disk_full(path: str, errors) -> Optional[DiskFullError]:
+    """A :class:`DiskFullError` for ``path`` if one of ``errors`` (exceptions or None) is an
+    out-of-space ``OSError``, else None."""
+    if not any(isinstance(e, OSError) and e.errno in _NO_SPACE for e in errors):
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} free on {folder}"
+    except OSError:
+        free = f"free space of {folder} unknown"
+    return DiskFullError(
+        errno.ENOSPC,
+        f"cannot write {path}: no space left on device (errno ENOSPC; {free}). The partial file is removed and "
+        f"the checkpoints saved before are kept (last_checkpoint names the latest complete one): free some space, "
+        f"or point OUTPUT_DIR elsewhere, and continue with --resume",
+    )
+
+
 class _AtomicFile:
-    """A binary or text file opened for writing at ``<path>.tmp``, renamed to ``path`` on a clean
-    close and deleted on an exception."""
+    """A binary or text file opened for writing at a temporary name of this process
+    (``<path>.<host>-<pid>-<random>.tmp``), renamed to ``path`` on a clean close and deleted on
+    an exception; an out-of-space error becomes a :class:`DiskFullError` naming ``path``."""
 
     def __init__(self, path: str, mode: str):
-        self.path, self.tmp = path, path + TEMP_SUFFIX
+        self.path, self.tmp = path, f"{path}.{writer_tag()}{TEMP_SUFFIX}"
         self.file = open(self.tmp, mode)
+        self.write_error: Optional[OSError] = None  # what the file's write raised (torch may re-raise another error)
 
     def __getattr__(self, name):
         return getattr(self.file, name)
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.write_error = e
+            raise
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+                self.file.close()
+            except OSError as e:
+                self._discard()
+                raise (_disk_full(self.path, [e]) or e) from e
             os.replace(self.tmp, self.path)
-        else:
+            return False
+        self._discard()
+        full = _disk_full(self.path, [exc, self.write_error, exc.__context__])
+        if full is not None:
+            raise full from exc
+        return False
+
+    def _discard(self) -> None:
+        """Close (whatever the close says: the disk may be full) and delete the temporary file."""
+        try:
             self.file.close()
+        except OSError:
+            pass
+        try:
             os.remove(self.tmp)
+        except FileNotFoundError:
+            pass
 
 
 class _AtomicWrites:
@@ -230,10 +326,11 @@ class _AtomicWrites:
         return self._path_manager.open(path, mode, **kwargs)
 
 
-def _is_temporary(name: str) -> bool:
-    """Whether a file name is one of :class:`_AtomicFile`'s temporary names of a checkpointer
-    (``<checkpoint>.pth.tmp``, ``last_checkpoint.tmp``)."""
-    return name.endswith(".pth" + TEMP_SUFFIX) or name == "last_checkpoint" + TEMP_SUFFIX
+def _left_by_dead_save(name: str) -> bool:
+    """Whether a file name is a temporary name of :class:`_AtomicFile` (``<checkpoint>.pth.<tag>.tmp``,
+    ``last_checkpoint.<tag>.tmp``) whose process, on this machine, no longer runs."""
+    match = _TEMPORARY.match(name)
+    return match is not None and written_by_dead_process(match["tag"])
 
 
 class ProtoSegCheckpointer(DetectionCheckpointer):
@@ -251,12 +348,16 @@ class ProtoSegCheckpointer(DetectionCheckpointer):
             self._remove_stale_temporaries()
 
     def _remove_stale_temporaries(self) -> None:
-        """Delete the temporary files that a save killed before its rename left in ``save_dir``."""
+        """Delete the temporary files that a save killed before its rename left in ``save_dir``
+        (those of processes of this machine that no longer run: another live run's are kept)."""
         if not os.path.isdir(self.save_dir):
             return
-        stale = sorted(n for n in os.listdir(self.save_dir) if _is_temporary(n))
+        stale = sorted(n for n in os.listdir(self.save_dir) if _left_by_dead_save(n))
         for name in stale:
-            os.remove(os.path.join(self.save_dir, name))
+            try:
+                os.remove(os.path.join(self.save_dir, name))
+            except FileNotFoundError:  # removed by another checkpointer meanwhile
+                pass
         if stale:
             logger.warning("removed %s from %s, left by an interrupted checkpoint save", ", ".join(stale), self.save_dir)
 
@@ -350,6 +451,8 @@ class ProtoSegCheckpointer(DetectionCheckpointer):
         ]
         unexpected = list(incompatible.unexpected_keys)
         wrong = [w for w in incompatible.incorrect_shapes if not _under(w[0], self._skip_weights)]
+        # fvcore drops the mis-shaped keys before loading, so they come back as missing too
+        missing = [k for k in missing if k not in {w[0] for w in incompatible.incorrect_shapes}]
         if self._backbone_init and self._holds_backbone_only(incompatible):
             head = [k for k in missing if not k.startswith(BACKBONE_PREFIX)]
             missing = [k for k in missing if k.startswith(BACKBONE_PREFIX)]
@@ -358,14 +461,17 @@ class ProtoSegCheckpointer(DetectionCheckpointer):
                 "of the model (%s) keep their initialisation", source, len(head), _listing(head),
             )
         if missing or unexpected or wrong:
-            raise CheckpointMismatchError(_mismatch_message(source, missing, unexpected, wrong, self._backbone_init))
+            text = _mismatch_message(source, missing, unexpected, wrong, self._backbone_init)
+            raise CheckpointMismatchError(_other_head_message(self._supplied_keys(incompatible), self.model) + text)
         return _IncompatibleKeys(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])
 
-    def _holds_backbone_only(self, incompatible: _IncompatibleKeys) -> bool:
-        """Whether every key the checkpoint supplied (loaded, unexpected or mis-shaped; optional
-        keys aside) is a backbone key."""
+    def _supplied_keys(self, incompatible: _IncompatibleKeys):
+        """The keys the checkpoint supplied: loaded, unexpected or mis-shaped."""
         not_loaded = set(incompatible.missing_keys) | {k for k, _, _ in incompatible.incorrect_shapes}
         supplied = [k for k in self.model.state_dict() if k not in not_loaded]
-        supplied += list(incompatible.unexpected_keys) + [k for k, _, _ in incompatible.incorrect_shapes]
-        supplied = [k for k in supplied if not k.endswith(_OPTIONAL_SUFFIXES)]
+        return supplied + list(incompatible.unexpected_keys) + [k for k, _, _ in incompatible.incorrect_shapes]
+
+    def _holds_backbone_only(self, incompatible: _IncompatibleKeys) -> bool:
+        """Whether every key the checkpoint supplied (optional keys aside) is a backbone key."""
+        supplied = [k for k in self._supplied_keys(incompatible) if not k.endswith(_OPTIONAL_SUFFIXES)]
         return bool(supplied) and all(k.startswith(BACKBONE_PREFIX) for k in supplied)

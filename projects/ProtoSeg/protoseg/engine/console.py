@@ -26,6 +26,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import DiskFullError
 from ..evaluation.report import format_summary_metrics
 from ..modeling.parameter_count import parameter_counts
 from ..modeling.prototypes import PrototypeMemory
@@ -38,6 +39,7 @@ __all__ = [
     "model_summary",
     "worker_error_message",
     "run_reporting_worker_errors",
+    "install_log_filters",
 ]
 
 logger = logging.getLogger("protoseg")
@@ -61,7 +63,7 @@ def setup_run(cfg, args, *, print_config: bool = False) -> None:
         PathManager.mkdirs(output_dir)
     for name in ("fvcore", "detectron2", "protoseg"):
         setup_logger(output_dir, distributed_rank=rank, name=name)
-    _install_log_filters()
+    install_log_filters()
     logger.info(environment_summary(cfg.MODEL.DEVICE))
     logger.info(config_summary(cfg, getattr(args, "config_file", ""), getattr(args, "opts", ())))
     logger.info("Command line arguments: %s", args)
@@ -289,26 +291,30 @@ class _PlainResults(logging.Filter):
         return True
 
 
-class _WorkerErrorFirst(logging.Filter):
-    """Detectron2's "Exception during training:" (with the traceback) names a DataLoader
-    worker's error only at the end of torch's "Caught ... in DataLoader worker process N"
-    traceback: append the worker's own error to the message."""
+class _ErrorFirst(logging.Filter):
+    """Detectron2's "Exception during training:" (with the traceback) names the error only at the
+    end of the traceback: append it to the message line, for the errors whose own message says
+    what happened and what to do: a DataLoader worker's error (which torch reports last in its
+    "Caught ... in DataLoader worker process N" traceback) and a checkpoint save that ran out of
+    disk space."""
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
         message = worker_error_message(exc) if exc is not None else None
         if message is not None:
             record.msg, record.args = f"{record.getMessage()} {message} (raised {_worker_of(exc)})", ()
+        elif isinstance(exc, DiskFullError):
+            record.msg, record.args = f"{record.getMessage()} {exc.strerror}", ()
         return True
 
 
 _LOG_FILTERS = {
     "detectron2.evaluation.sem_seg_evaluation": _PlainResults(),
-    "detectron2.engine.train_loop": _WorkerErrorFirst(),
+    "detectron2.engine.train_loop": _ErrorFirst(),
 }
 
 
-def _install_log_filters() -> None:
+def install_log_filters() -> None:
     """Attach :data:`_LOG_FILTERS` to their loggers (idempotent)."""
     for name, log_filter in _LOG_FILTERS.items():
         logging.getLogger(name).addFilter(log_filter)

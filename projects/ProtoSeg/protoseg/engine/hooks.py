@@ -8,10 +8,17 @@ from detectron2.engine import HookBase
 from detectron2.engine.hooks import BestCheckpointer
 from detectron2.utils import comm
 from detectron2.utils.comm import is_main_process
+from detectron2.utils.events import CommonMetricPrinter
 
 from ..modeling.prototypes import PrototypeMemory
 
-__all__ = ["BestCheckpointHook", "PrototypeStatisticsHook", "PrototypeSyncCheckHook", "prototype_fingerprint"]
+__all__ = [
+    "BestCheckpointHook",
+    "EarlyProgressHook",
+    "PrototypeStatisticsHook",
+    "PrototypeSyncCheckHook",
+    "prototype_fingerprint",
+]
 
 
 def prototype_memories(model):
@@ -105,3 +112,19 @@ class BestCheckpointHook(BestCheckpointer):
 
     def __init__(self, eval_period: int, checkpointer, val_metric: str, mode: str = "max"):
         super().__init__(eval_period, _UntaggedSaves(checkpointer), val_metric, mode)
+
+
+class EarlyProgressHook(HookBase):
+    """The console's progress line (Detectron2's ``CommonMetricPrinter``: losses, time, lr) also
+    after the first iterations (``at``, e.g. 1, 5 and 10): Detectron2's writers print every 20
+    iterations, so on slow iterations a run would show nothing for a long while. The console only:
+    ``metrics.json`` and TensorBoard keep Detectron2's period. Main process only, as the writers."""
+
+    def __init__(self, max_iter: int, at=(1, 5, 10), period: int = 20):
+        self._printer = CommonMetricPrinter(max_iter)
+        self._at, self._period = set(at), period
+
+    def after_step(self):
+        done = self.trainer.iter + 1
+        if done in self._at and done % self._period != 0 and done != self.trainer.max_iter:
+            self._printer.write()

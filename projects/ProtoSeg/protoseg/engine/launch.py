@@ -34,7 +34,7 @@ from detectron2.utils import comm
 
 from .console import run_reporting_worker_errors
 
-__all__ = ["launch", "create_ddp_model", "find_free_port"]
+__all__ = ["launch", "create_ddp_model", "find_free_port", "broadcast_buffers"]
 
 
 def find_free_port() -> int:
@@ -117,3 +117,22 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
         kwargs.pop("fp16_compression", None)
         return DistributedDataParallel(model, **kwargs)
     return d2_create_ddp_model(model, **kwargs)
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy the buffers (BatchNorm statistics, prototypes, ...) of the DDP-wrapped ``model`` of
+    rank 0 to every rank; nothing for a model that is not DDP-wrapped. All ranks call it together.
+
+    The trainer's DDP does not broadcast buffers (``broadcast_buffers=False``, Detectron2's
+    choice), so each rank's BatchNorm keeps the running statistics of its own batches. One
+    broadcast per dtype (the buffers flattened into one tensor)."""
+    if not isinstance(model, DistributedDataParallel) or comm.get_world_size() == 1:
+        return
+    by_dtype = {}
+    for buffer in model.module.buffers():
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for buffers in by_dtype.values():
+        flat = torch.cat([b.detach().reshape(-1) for b in buffers])
+        dist.broadcast(flat, src=0)
+        for buffer, value in zip(buffers, flat.split([b.numel() for b in buffers])):
+            buffer.copy_(value.view_as(buffer))

@@ -1,6 +1,7 @@
 """The training and evaluation loop: Detectron2's ``DefaultTrainer`` with the project's loader,
 optimizer, schedule, evaluator, per-class report, prototype statistics, best checkpoint and
 checkpointer (which refuses weights that do not fit the model)."""
+import contextlib
 import logging
 import os
 import weakref
@@ -24,9 +25,10 @@ from ..data.mapper import SemSegDatasetMapper
 from ..evaluation import SemSegReportEvaluator, format_per_class_table
 from ..evaluation.report import format_summary_metrics
 from ..solver import build_lr_scheduler, build_optimizer
-from .console import model_summary, setup_run
-from .hooks import BestCheckpointHook, PrototypeStatisticsHook, PrototypeSyncCheckHook
-from .launch import create_ddp_model
+from .console import install_log_filters, model_summary, setup_run
+from .hooks import BestCheckpointHook, EarlyProgressHook, PrototypeStatisticsHook, PrototypeSyncCheckHook
+from .launch import broadcast_buffers, create_ddp_model
+from .run_lock import output_dir_lock
 from .train_loop import ProtoSegTrainLoop
 
 __all__ = ["Trainer", "setup_cfg", "evaluate_checkpoint"]
@@ -60,6 +62,7 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)  # hooks list, iter = start_iter = 0
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # setup_logger not called yet
             setup_logger()
+        install_log_filters()  # (setup_run installs them too; a Trainer may be built without it)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
 
         # in Detectron2's order
@@ -130,6 +133,8 @@ class Trainer(DefaultTrainer):
                     self.cfg.TEST.EVAL_PERIOD, self.checkpointer, self.cfg.SOLVER.BEST_CHECKPOINT_METRIC, "max"
                 )
             )
+        if comm.is_main_process():
+            extra.append(EarlyProgressHook(self.max_iter))
         # After the EvalHook (it produces the metric), before the writers (they print it).
         writer_index = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
         return hook_list[:writer_index] + extra + hook_list[writer_index:]
@@ -138,11 +143,35 @@ class Trainer(DefaultTrainer):
         """Detectron2's: with ``resume`` and a ``last_checkpoint`` in ``OUTPUT_DIR``, continue from
         it (every key checked); otherwise initialise the model from ``MODEL.WEIGHTS``, where a
         backbone-only file initialises the backbone and the keys under the ``skip_weights`` module
-        prefixes are left out (see :meth:`ProtoSegCheckpointer.resume_or_load`)."""
+        prefixes are left out (see :meth:`ProtoSegCheckpointer.resume_or_load`).
+
+        A checkpoint that has trained all ``SOLVER.MAX_ITER`` iterations (a finished run, e.g. one
+        stopped during its final evaluation) is resumed with a warning: no iteration is trained and
+        no checkpoint written, only the final evaluation runs again.
+
+        Raises:
+            ValueError: the checkpoint has trained more iterations than ``SOLVER.MAX_ITER``.
+        """
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume, skip_weights=skip_weights)
-        if resume and self.checkpointer.has_checkpoint():
-            # the checkpoint holds the iteration that had just finished
-            self.start_iter = self.iter + 1
+        if not (resume and self.checkpointer.has_checkpoint()):
+            return
+        # the checkpoint holds the iteration that had just finished
+        self.start_iter = self.iter + 1
+        checkpoint = self.checkpointer.get_checkpoint_file()
+        if self.start_iter > self.max_iter:
+            raise ValueError(
+                f"--resume: {checkpoint} has trained {self.start_iter} iterations, more than SOLVER.MAX_ITER "
+                f"{self.max_iter}: nothing to train. To train longer, set SOLVER.MAX_ITER above {self.start_iter} "
+                f"(the schedule follows MAX_ITER); to score the checkpoint, run with --eval-only --resume; to "
+                f"train a shorter schedule, leave --resume out and give another OUTPUT_DIR"
+            )
+        if self.start_iter == self.max_iter:
+            logger.warning(
+                "--resume: %s has trained all %d iterations of SOLVER.MAX_ITER: nothing to train. Only the final "
+                "evaluation runs again, and no checkpoint is written. To train longer, raise SOLVER.MAX_ITER",
+                checkpoint, self.max_iter,
+            )
+            self._hooks = [h for h in self._hooks if not isinstance(h, (hooks.PeriodicCheckpointer, BestCheckpointHook))]
 
     def state_dict(self):
         """Detectron2 v0.6's DefaultTrainer leaves the optimizer out of its checkpoints, so
@@ -166,7 +195,13 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """Evaluate on ``cfg.DATASETS.TEST`` and log, for each, a per-class IoU table and last
         the dataset's metrics as plain numbers ("Results on NAME: mIoU 41.23  fwIoU ...") (the
-        evaluator of :meth:`build_evaluator` writes the report files)."""
+        evaluator of :meth:`build_evaluator` writes the report files).
+
+        The model of a multi-process training (DDP-wrapped) first takes rank 0's buffers on every
+        rank (:func:`~protoseg.engine.launch.broadcast_buffers`): each rank keeps its own BatchNorm
+        statistics while training, and the evaluation, sharded over the ranks, must score one
+        model, the one rank 0 saves."""
+        broadcast_buffers(model)
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and len(cfg.DATASETS.TEST) > 0:  # DATASETS.TEST () skips evaluation
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
@@ -179,32 +214,54 @@ class Trainer(DefaultTrainer):
         return results if isinstance(results, OrderedDict) else OrderedDict(results)
 
 
+@contextlib.contextmanager
 def setup_cfg(args):
-    """Config from ``args.config_file`` and ``args.opts`` with the project's keys, then the setup
-    of Detectron2's ``default_setup`` (output dir, loggers, ``config.yaml``, seed) with a summary
-    of the environment and the config (:func:`~protoseg.engine.console.setup_run`; the full config
-    is logged too when ``args.print_config``)."""
+    """Config from ``args.config_file`` and ``args.opts`` with the project's keys, for the
+    duration of a run in its ``OUTPUT_DIR``: the folder locked for this run
+    (:func:`~protoseg.engine.run_lock.output_dir_lock`: another run there is refused), then the
+    setup of Detectron2's ``default_setup`` (loggers, ``config.yaml``, seed) with a summary of the
+    environment and the config (:func:`~protoseg.engine.console.setup_run`; the full config is
+    logged too when ``args.print_config``). The lock is released when the block ends.
+
+    ``--eval-only`` locks the folder too: it writes ``log.txt`` and the ``inference/`` report there,
+    which a training in the same folder writes as well.
+    """
     cfg = load_config(args.config_file, args.opts, freeze=True)
-    setup_run(cfg, args, print_config=getattr(args, "print_config", False))
-    return cfg
+    with output_dir_lock(cfg.OUTPUT_DIR):
+        setup_run(cfg, args, print_config=getattr(args, "print_config", False))
+        yield cfg
 
 
-def evaluate_checkpoint(cfg, allow_random_weights: bool = False):
-    """``--eval-only``: load ``cfg.MODEL.WEIGHTS`` (every key of the model checked) and evaluate.
+def evaluate_checkpoint(cfg, allow_random_weights: bool = False, resume: bool = False):
+    """``--eval-only``: load the weights (every key of the model checked) and evaluate. The
+    weights are ``cfg.MODEL.WEIGHTS``; with ``resume`` (``--eval-only --resume``) the last
+    checkpoint of ``cfg.OUTPUT_DIR`` (its ``last_checkpoint``), and ``MODEL.WEIGHTS`` where
+    there is none. The file scored is logged.
 
     Raises:
-        ValueError: ``cfg.MODEL.WEIGHTS`` is empty and not ``allow_random_weights``: the scores of
-            a randomly initialised model would be reported as the model's.
+        ValueError: no weights (``cfg.MODEL.WEIGHTS`` empty and, with ``resume``, no checkpoint in
+            ``OUTPUT_DIR``) and not ``allow_random_weights``: the scores of a randomly initialised
+            model would be reported as the model's.
     """
-    if not cfg.MODEL.WEIGHTS:
+    model = Trainer.build_model(cfg)
+    checkpointer = ProtoSegCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=False)
+    weights = cfg.MODEL.WEIGHTS
+    if resume and cfg.OUTPUT_DIR and checkpointer.has_checkpoint():
+        weights = checkpointer.get_checkpoint_file()
+        logger.info("--eval-only --resume: scoring the last checkpoint of OUTPUT_DIR, %s", weights)
+    elif resume:
+        logger.info(
+            "--eval-only --resume: no last_checkpoint in %s; scoring MODEL.WEIGHTS %s", cfg.OUTPUT_DIR, weights or "(empty)"
+        )
+    if not weights:
         if not allow_random_weights:
             raise ValueError(
                 "--eval-only without MODEL.WEIGHTS would evaluate a randomly initialised model: pass the "
-                "checkpoint (... --eval-only MODEL.WEIGHTS path/to/model_final.pth), or --allow-random-weights "
-                "to score the random model on purpose"
+                "checkpoint (... --eval-only MODEL.WEIGHTS path/to/model_final.pth), or --resume to score the last "
+                "checkpoint of OUTPUT_DIR, or --allow-random-weights to score the random model on purpose"
             )
         logger.warning("--allow-random-weights: evaluating a randomly initialised model (MODEL.WEIGHTS is empty)")
-    model = Trainer.build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        ProtoSegCheckpointer(model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
+    else:
+        logger.info("Evaluating %s", weights)
+        checkpointer.load(weights, checkpointables=[])
     return Trainer.test(cfg, model)
