@@ -35,6 +35,7 @@ prints the full environment report.
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 
 
 def get_parser():
@@ -81,16 +82,38 @@ def get_parser():
     return parser
 
 
+@contextmanager
+def setup(args):
+    """The run's config (``args.config_file`` + ``args.opts`` with the project's keys, checked
+    against the run's datasets), for the duration of the run in its ``OUTPUT_DIR``: the folder is
+    locked for this run (another run there is refused), then Detectron2's ``default_setup`` steps
+    (loggers, ``config.yaml``, seed) with a summary of the environment and the config (the full
+    config too with ``--print-config``). The lock is released when the block ends.
+
+    ``--eval-only`` locks the folder too: it writes ``log.txt`` and the ``inference/`` report there,
+    which a training in the same folder writes as well.
+    """
+    from protoseg.config import load_config
+    from protoseg.data.class_count import check_dataset_class_counts
+    from protoseg.engine import output_dir_lock, setup_run
+
+    cfg = load_config(args.config_file, args.opts, freeze=True)
+    check_dataset_class_counts(cfg)  # in seconds, before the folder, the model and the data loader
+    with output_dir_lock(cfg.OUTPUT_DIR):
+        setup_run(cfg, args, print_config=getattr(args, "print_config", False))
+        yield cfg
+
+
 def main(args):
     # protoseg first: it filters the known-harmless warnings that Detectron2's modules raise at import
-    from protoseg.engine import Trainer, evaluate_checkpoint, setup_cfg
+    from protoseg.engine import Trainer, evaluate_checkpoint
 
     # (getattr: callers such as lab/studies.py parse with Detectron2's parser, without these options)
     skip_weights = getattr(args, "skip_weights", [])
     if args.eval_only and skip_weights:
         raise ValueError("--skip-weights is for training; --eval-only loads every key of MODEL.WEIGHTS")
     Trainer.print_model = getattr(args, "print_model", False)
-    with setup_cfg(args) as cfg:  # OUTPUT_DIR is this run's until the block ends
+    with setup(args) as cfg:  # OUTPUT_DIR is this run's until the block ends
         if args.eval_only:
             allow_random = getattr(args, "allow_random_weights", False)
             return evaluate_checkpoint(cfg, allow_random_weights=allow_random, resume=args.resume)

@@ -2,7 +2,7 @@
 
 A *study* is a list of *variants* (config overrides of one base config); every (variant, seed) is
 one ordinary training + evaluation run of ``train_net.py``'s ``main`` (the project's ``Trainer``,
-``setup_cfg``, evaluator), in its own subprocess and its own OUTPUT_DIR. Subprocesses, not runs in
+``setup``, evaluator), in its own subprocess and its own OUTPUT_DIR. Subprocesses, not runs in
 this process: Detectron2's ``default_setup`` adds logging handlers per OUTPUT_DIR, seeds the global
 RNGs and the dataset catalogue is global, so in-process runs would write into each other's logs and
 leak memory; a process per run is exactly ``train_net.py`` and frees everything at its end (its

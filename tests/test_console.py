@@ -188,7 +188,7 @@ def test_print_model_logs_the_modules(monkeypatch):
 def test_results_are_plain_numbers():
     flat = {"mIoU": np.float64(7.4912), "fwIoU": np.float64(8.0), "IoU-a": np.float64(1.0), "mACC": 20.5, "pACC": 30.25}
     assert format_summary_metrics(flat) == "mIoU 7.49  fwIoU 8.00  mACC 20.50  pACC 30.25"
-    install_log_filters()  # what setup_cfg does: Detectron2's evaluator logs its dict as is
+    install_log_filters()  # what train_net.setup does: Detectron2's evaluator logs its dict as is
     with Records("detectron2.evaluation.sem_seg_evaluation") as records:
         logging.getLogger("detectron2.evaluation.sem_seg_evaluation").info(OrderedDict(sem_seg=flat))
     assert records.messages == ["sem_seg: mIoU 7.49  fwIoU 8.00  mACC 20.50  pACC 30.25"]

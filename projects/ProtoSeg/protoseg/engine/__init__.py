@@ -2,7 +2,8 @@ from .console import config_summary, environment_summary, model_summary, setup_r
 from .hooks import BestCheckpointHook, EarlyProgressHook, PrototypeStatisticsHook, PrototypeSyncCheckHook
 from .launch import create_ddp_model, launch
 from .train_loop import ProtoSegTrainLoop
-from .trainer import Trainer, evaluate_checkpoint, setup_cfg
+from .run_lock import OutputDirInUseError, output_dir_lock
+from .trainer import Trainer, evaluate_checkpoint
 
 __all__ = [
     "BestCheckpointHook",
@@ -16,7 +17,8 @@ __all__ = [
     "environment_summary",
     "evaluate_checkpoint",
     "launch",
+    "output_dir_lock",
+    "OutputDirInUseError",
     "model_summary",
-    "setup_cfg",
     "setup_run",
 ]

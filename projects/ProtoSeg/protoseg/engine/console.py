@@ -29,8 +29,8 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint import DiskFullError
 from ..evaluation.report import format_summary_metrics
 from ..modeling.parameter_count import parameter_counts
-from ..modeling.prototypes import PrototypeMemory
 from ..solver import effective_warmup_iters
+from .hooks import prototype_memories
 
 __all__ = [
     "setup_run",
@@ -210,7 +210,7 @@ def model_summary(model: torch.nn.Module) -> str:
 
 
 def _classifier_text(model: torch.nn.Module) -> str:
-    memories = [m for m in model.modules() if isinstance(m, PrototypeMemory)]
+    memories = prototype_memories(model)
     if memories:
         m = memories[0]
         return f"prototypes C x K x D = {m.num_classes} x {m.num_prototypes} x {m.dim}"

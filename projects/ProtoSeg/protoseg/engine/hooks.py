@@ -10,8 +10,6 @@ from detectron2.utils import comm
 from detectron2.utils.comm import is_main_process
 from detectron2.utils.events import CommonMetricPrinter
 
-from ..modeling.prototypes import PrototypeMemory
-
 __all__ = [
     "BestCheckpointHook",
     "EarlyProgressHook",
@@ -22,8 +20,10 @@ __all__ = [
 
 
 def prototype_memories(model):
-    """The :class:`PrototypeMemory` modules of ``model`` (possibly DDP-wrapped)."""
-    return [m for m in model.modules() if isinstance(m, PrototypeMemory)]
+    """The prototype memories of ``model`` (possibly DDP-wrapped), as the model lists them
+    (``model.prototype_memories()``; none for a model without that method)."""
+    offer = getattr(getattr(model, "module", model), "prototype_memories", None)
+    return list(offer()) if callable(offer) else []
 
 
 class PrototypeStatisticsHook(HookBase):

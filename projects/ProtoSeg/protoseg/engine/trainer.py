@@ -1,7 +1,6 @@
 """The training and evaluation loop: Detectron2's ``DefaultTrainer`` with the project's loader,
 optimizer, schedule, evaluator, per-class report, prototype statistics, best checkpoint and
 checkpointer (which refuses weights that do not fit the model)."""
-import contextlib
 import logging
 import os
 import weakref
@@ -20,18 +19,16 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import ProtoSegCheckpointer
-from ..config import load_config
 from ..data.mapper import SemSegDatasetMapper
 from ..evaluation import SemSegReportEvaluator, format_per_class_table
 from ..evaluation.report import format_summary_metrics
 from ..solver import build_lr_scheduler, build_optimizer
-from .console import install_log_filters, model_summary, setup_run
+from .console import install_log_filters, model_summary
 from .hooks import BestCheckpointHook, EarlyProgressHook, PrototypeStatisticsHook, PrototypeSyncCheckHook
 from .launch import broadcast_buffers, create_ddp_model
-from .run_lock import output_dir_lock
 from .train_loop import ProtoSegTrainLoop
 
-__all__ = ["Trainer", "setup_cfg", "evaluate_checkpoint"]
+__all__ = ["Trainer", "evaluate_checkpoint"]
 
 logger = logging.getLogger("protoseg")
 
@@ -212,24 +209,6 @@ class Trainer(DefaultTrainer):
                 logger.info("Per-class results on %s:\n%s", name, format_per_class_table(res["sem_seg"], classes))
                 logger.info("Results on %s: %s", name, format_summary_metrics(res["sem_seg"]))
         return results if isinstance(results, OrderedDict) else OrderedDict(results)
-
-
-@contextlib.contextmanager
-def setup_cfg(args):
-    """Config from ``args.config_file`` and ``args.opts`` with the project's keys, for the
-    duration of a run in its ``OUTPUT_DIR``: the folder locked for this run
-    (:func:`~protoseg.engine.run_lock.output_dir_lock`: another run there is refused), then the
-    setup of Detectron2's ``default_setup`` (loggers, ``config.yaml``, seed) with a summary of the
-    environment and the config (:func:`~protoseg.engine.console.setup_run`; the full config is
-    logged too when ``args.print_config``). The lock is released when the block ends.
-
-    ``--eval-only`` locks the folder too: it writes ``log.txt`` and the ``inference/`` report there,
-    which a training in the same folder writes as well.
-    """
-    cfg = load_config(args.config_file, args.opts, freeze=True)
-    with output_dir_lock(cfg.OUTPUT_DIR):
-        setup_run(cfg, args, print_config=getattr(args, "print_config", False))
-        yield cfg
 
 
 def evaluate_checkpoint(cfg, allow_random_weights: bool = False, resume: bool = False):

@@ -74,12 +74,12 @@ def segmentation_metrics(
     res["mIoU"] = 100 * _defined_mean(iou)
     res["fwIoU"] = 100 * fw_iou
     for i, name in enumerate(class_names):
-        res[f"IoU-{name}"] = 100 * iou[i]
+        res[f"IoU-{name}"] = 100 * float(iou[i])
         if b_iou is not None:
-            res[f"BoundaryIoU-{name}"] = 100 * b_iou[i]
+            res[f"BoundaryIoU-{name}"] = 100 * float(b_iou[i])
             res[f"min(IoU, B-Iou)-{name}"] = 100 * float(np.minimum(iou[i], b_iou[i]))
     res["mACC"] = 100 * _defined_mean(acc)
     res["pACC"] = 100 * float(tp.sum() / total) if total > 0 else float("nan")
     for i, name in enumerate(class_names):
-        res[f"ACC-{name}"] = 100 * acc[i]
-    return res
+        res[f"ACC-{name}"] = 100 * float(acc[i])
+    return res  # plain floats: the values are logged and written as JSON

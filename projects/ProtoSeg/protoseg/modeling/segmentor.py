@@ -130,6 +130,11 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         scales = f"MS {self.test_min_sizes}" if len(self.test_min_sizes) > 1 else "SS"
         return f"{scales}{'+flip' if self.test_flip else ''} {mode}"
 
+    def prototype_memories(self) -> List[torch.nn.Module]:
+        """The model's prototype memories (the head's; empty for a parametric head): the interface
+        through which the trainer reads prototype statistics and checks them across processes."""
+        return self.sem_seg_head.prototype_memories()
+
     def forward(self, batched_inputs: List[Dict]):
         if self.training:
             return super().forward(batched_inputs)

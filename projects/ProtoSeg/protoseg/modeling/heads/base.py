@@ -1,5 +1,5 @@
 """What every segmentation head of the project shares: decoder -> class scores -> CE / prediction."""
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,11 @@ class DecoderClassifierHead(nn.Module):
         """The CE arguments of this class from ``cfg``, for the subclasses' ``from_config``."""
         head = cfg.MODEL.SEM_SEG_HEAD
         return {"class_weights": tuple(head.CLASS_WEIGHTS), "upsample_align_corners": head.UPSAMPLE_ALIGN_CORNERS}
+
+    def prototype_memories(self) -> List[nn.Module]:
+        """The prototype memories this head keeps (none for a parametric head); what the trainer's
+        hooks read statistics from and check across processes."""
+        return []
 
     def class_scores(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) embedding -> (B, C, h, w) class scores (logits at the decoder's stride)."""

@@ -1,5 +1,5 @@
 """The ProtoSeg head: nonparametric nearest-prototype classification (paper Sec. 3)."""
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +152,9 @@ class ProtoSegHead(DecoderClassifierHead):
     def normalize_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """(N, C) nearest-prototype similarities -> logits: LayerNorm over classes or 1/T."""
         return self.score_norm(scores)
+
+    def prototype_memories(self) -> List[nn.Module]:
+        return [self.memory]
 
     def class_scores(self, embedding: torch.Tensor) -> torch.Tensor:
         b, _, h, w = embedding.shape
