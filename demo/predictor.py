@@ -89,6 +89,30 @@ class Predictor(DefaultPredictor):
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR for the demo, got {self.input_format!r}")
 
+    def model_input(self, original_image: np.ndarray) -> dict:
+        """(H, W, 3) uint8 BGR -> the model's input dict, as ``DefaultPredictor.__call__`` makes it:
+        channels in ``INPUT.FORMAT``, test-time resize, "height"/"width" of the image."""
+        if self.input_format == "RGB":
+            original_image = original_image[:, :, ::-1]
+        height, width = original_image.shape[:2]
+        image = self.aug.get_transform(original_image).apply_image(original_image)
+        return {"image": torch.as_tensor(image.astype("float32").transpose(2, 0, 1)), "height": height, "width": width}
+
+    def __call__(self, original_image: np.ndarray) -> dict:
+        """``DefaultPredictor.__call__``: (H, W, 3) uint8 BGR -> ``{"sem_seg": (C, H, W)}``."""
+        with torch.no_grad():
+            return self.model([self.model_input(original_image)])[0]
+
+    def label_map(self, original_image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 BGR -> (H, W) int64 predicted classes: the argmax of :meth:`__call__`'s
+        ``sem_seg``, computed by ``predict_labels`` of the project's segmentor without the (C, H, W)
+        scores at the image's size (other meta-architectures: the argmax of their ``sem_seg``)."""
+        with torch.no_grad():
+            inputs = [self.model_input(original_image)]
+            if hasattr(self.model, "predict_labels"):
+                return self.model.predict_labels(inputs)[0]
+            return self.model(inputs)[0]["sem_seg"].argmax(dim=0)
+
 
 class SemSegDemo:
     """Predicts a label map for an image and draws it with the dataset's class names and colours."""
@@ -113,10 +137,9 @@ class SemSegDemo:
         self.area_threshold = area_threshold
 
     def predict(self, image_bgr: np.ndarray) -> np.ndarray:
-        """image (H, W, 3) uint8 BGR -> label map (H, W) int64."""
-        # DefaultPredictor takes BGR and converts it itself when cfg.INPUT.FORMAT is RGB
-        logits = self.predictor(image_bgr)["sem_seg"]  # (C, H, W)
-        return logits.argmax(dim=0).to(torch.int64).cpu().numpy()
+        """image (H, W, 3) uint8 BGR -> label map (H, W) int64 (:meth:`Predictor.label_map`: memory
+        does not grow with classes x image size)."""
+        return self.predictor.label_map(image_bgr).to(torch.int64).cpu().numpy()
 
     def run_on_image(self, image_bgr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """image (H, W, 3) uint8 BGR (OpenCV) -> (label map (H, W) int64, visualisation RGB uint8,

@@ -191,3 +191,38 @@ def test_from_config_reads_the_test_keys():
     assert isinstance(model, ProtoSegSemanticSegmentor) and isinstance(model, SemanticSegmentor)
     assert (model.window_size, model.window_stride, model.window_batch_size) == ((64, 64), (48, 40), 2)
     assert model.test_min_sizes == (96, 128) and not model.test_flip
+
+
+def labels_of_forward(model, inputs):
+    with torch.no_grad():
+        return [out["sem_seg"].argmax(0) for out in model(inputs)]
+
+
+@pytest.mark.parametrize("opts", [
+    [],  # whole image, the ProtoSeg head: scores resized from the decoder's stride
+    ["MODEL.SEM_SEG_HEAD.NAME", "ParametricSegHead"],
+    ["TEST.SLIDING_WINDOW.ENABLED", True, "TEST.SLIDING_WINDOW.SIZE", (48, 48), "TEST.SLIDING_WINDOW.STRIDE", (32, 32)],
+    ["TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", (48, 64), "TEST.AUG.FLIP", True],
+])
+def test_label_maps_in_chunks_of_classes_equal_the_argmax_of_the_scores(opts):
+    """predict_labels never holds (C, height, width); its labels are forward's argmax, exactly."""
+    cfg = toy_cfg(opts=["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 37] + opts)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    inputs = [{"image": image(64, 96), "height": 75, "width": 113}, {"image": image(48, 80, seed=1)}]
+    model.label_chunk_bytes = 5 * 75 * 113 * 4  # 5 classes at a time: 8 chunks, the last one of 2
+    labels = model.predict_labels(inputs)
+    expected = labels_of_forward(model, inputs)
+    assert [tuple(x.shape) for x in labels] == [(75, 113), (48, 80)]
+    for got, want in zip(labels, expected):
+        assert got.dtype == torch.int64 and torch.equal(got, want)
+    assert len(torch.unique(expected[0])) > 5  # classes of several chunks win somewhere
+
+
+def test_label_maps_of_another_head_and_ties_go_to_the_lower_class():
+    tied = segmentor(ConstantHead([0.0, 2.0, 1.0, 2.0, 2.0]), label_chunk_bytes=1)  # one class a time
+    labels = tied.predict_labels([{"image": image(6, 7), "height": 9, "width": 5}])[0]
+    assert labels.shape == (9, 5) and bool((labels == 1).all())
+    conv = segmentor(ConvHead(kernel_size=3), label_chunk_bytes=2 * 20 * 30 * 4)
+    inputs = [{"image": image(13, 17), "height": 20, "width": 30}]
+    assert torch.equal(conv.predict_labels(inputs)[0], labels_of_forward(conv, inputs)[0])

@@ -2,7 +2,8 @@
 (Sec. 5.1: whole image with the short side resized for ADE20K / COCO-Stuff, sliding window for
 Cityscapes) and optional multi-scale + flip test-time augmentation."""
 import logging
-from typing import Dict, List, Sequence, Tuple
+from functools import partial
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,12 @@ from detectron2.structures import ImageList
 from ..config_checks import check_config
 from .heads.base import DecoderClassifierHead
 
-__all__ = ["ProtoSegSemanticSegmentor", "sliding_windows"]
+__all__ = ["ProtoSegSemanticSegmentor", "sliding_windows", "upsampled_argmax", "LABEL_CHUNK_BYTES"]
 
 logger = logging.getLogger("protoseg")
+
+#: upsampled_argmax resizes as many classes at a time as fit in this many bytes at the output size
+LABEL_CHUNK_BYTES = 128 * 2**20
 
 
 def sliding_windows(
@@ -37,6 +41,36 @@ def sliding_windows(
             y1, x1 = min(i * step_h + win_h, height), min(j * step_w + win_w, width)
             boxes.append((max(y1 - win_h, 0), y1, max(x1 - win_w, 0), x1))
     return boxes
+
+
+def upsampled_argmax(
+    scores: torch.Tensor,
+    upsample: Callable[[torch.Tensor], torch.Tensor],
+    max_chunk_bytes: int = LABEL_CHUNK_BYTES,
+) -> torch.Tensor:
+    """``upsample(scores).argmax(0)`` without holding ``upsample(scores)``.
+
+    Args:
+        scores: (C, h, w) class scores.
+        upsample: a resize that treats every channel on its own, (c, h, w) -> (c, H, W) (bilinear
+            interpolation, cropping).
+        max_chunk_bytes: the classes are resized a chunk at a time, each chunk at most this many
+            bytes at (H, W) (at least one class).
+    Returns:
+        (H, W) int64 labels. Every class is resized by the same call on fewer channels, so its
+        values are those of the one-call resize, and a running maximum keeps the lower class on a
+        tie, as ``argmax``: the labels are equal to ``upsample(scores).argmax(0)``. Memory:
+        one chunk and two (H, W) maps instead of (C, H, W).
+    """
+    best = upsample(scores[:1])[0]
+    labels = torch.zeros(best.shape, dtype=torch.int64, device=best.device)
+    step = max(1, max_chunk_bytes // (best.numel() * best.element_size()))
+    for start in range(1, scores.shape[0], step):
+        value, index = upsample(scores[start : start + step]).max(dim=0)
+        better = value > best
+        best = torch.where(better, value, best)
+        labels = torch.where(better, index + start, labels)
+    return labels
 
 
 @META_ARCH_REGISTRY.register()
@@ -72,6 +106,7 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         test_min_sizes: Sequence[int] = (),
         test_max_size: int = 4000,
         test_flip: bool = False,
+        label_chunk_bytes: int = LABEL_CHUNK_BYTES,
         **kwargs,
     ):
         """
@@ -82,6 +117,8 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
             test_min_sizes: TTA short sides (long side at most ``test_max_size``); empty: one pass
                 at the input's size.
             test_flip: TTA with the horizontal flip of every scale.
+            label_chunk_bytes: :meth:`predict_labels` resizes the class scores to the output size
+                in chunks of classes of at most this many bytes (:func:`upsampled_argmax`).
             kwargs: ``SemanticSegmentor``'s (backbone, sem_seg_head, pixel_mean, pixel_std).
         """
         super().__init__(**kwargs)
@@ -99,6 +136,7 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         self.test_min_sizes = tuple(test_min_sizes)
         self.test_max_size = test_max_size
         self.test_flip = test_flip
+        self.label_chunk_bytes = label_chunk_bytes
         logger.info("Test protocol: %s", self.test_protocol)
 
     @classmethod
@@ -141,6 +179,42 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
             {"sem_seg": sem_seg_postprocess(logits, size, x.get("height", size[0]), x.get("width", size[1]))}
             for logits, size, x in zip(self._padded_logits(batch.tensor), batch.image_sizes, batched_inputs)
         ]
+
+    @torch.no_grad()
+    def predict_labels(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
+        """Input dicts as :meth:`forward`'s -> per input a (height, width) int64 label map, equal
+        to ``forward(batched_inputs)[i]["sem_seg"].argmax(0)`` without its (C, height, width)
+        scores: the whole-image and sliding-window paths resize the class scores to the output
+        size a chunk of classes at a time (:func:`upsampled_argmax`); the project's heads from
+        their (C, h/s, w/s) scores at the decoder's stride, other heads and the sliding window
+        from the (C, H, W) logits at the network's input size. TTA (a softmax over the classes
+        at the output size) runs :meth:`forward`."""
+        if self.uses_tta:
+            return [out["sem_seg"].argmax(0) for out in self(batched_inputs)]
+        if self.sliding_window:
+            return [self._slide_labels(x) for x in batched_inputs]
+        images = [self._normalize(x["image"].to(self.device).float()) for x in batched_inputs]
+        batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        head = self.sem_seg_head
+        if isinstance(head, DecoderClassifierHead):
+            # head.forward at inference, its resize to the padded batch done by upsampled_argmax
+            scores = head.class_scores(head.decoder(self.backbone(batch.tensor)))
+            resize = partial(_resize_batch_scores, head, tuple(batch.tensor.shape[-2:]))
+        else:
+            scores, resize = self._padded_logits(batch.tensor), None
+        labels = []
+        for image_scores, size, x in zip(scores, batch.image_sizes, batched_inputs):
+            out_size = (x.get("height", size[0]), x.get("width", size[1]))
+            resize_one = partial(_postprocess, resize, size, out_size)
+            labels.append(upsampled_argmax(image_scores, resize_one, self.label_chunk_bytes))
+        return labels
+
+    def _slide_labels(self, batched_input: Dict) -> torch.Tensor:
+        image = self._normalize(batched_input["image"].to(self.device).float())
+        size = tuple(image.shape[-2:])
+        out_size = (batched_input.get("height", size[0]), batched_input.get("width", size[1]))
+        resize = partial(_postprocess, None, size, out_size)
+        return upsampled_argmax(self.predict_logits(image), resize, self.label_chunk_bytes)
 
     def inference_one(self, batched_input: Dict) -> torch.Tensor:
         """One input dict ("image": (3, H, W), optional "height"/"width") -> (C, height, width)."""
@@ -210,3 +284,17 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
                 logits[:, y0:y1, x0:x1] += window_logits
                 count[:, y0:y1, x0:x1] += 1
         return (logits / count)[:, :h, :w]
+
+
+def _resize_batch_scores(head: DecoderClassifierHead, padded_size: Tuple[int, int],
+                         scores: torch.Tensor) -> torch.Tensor:
+    """(c, h, w) scores of one image at the decoder's stride -> (c, Hp, Wp) at the padded batch's
+    size, as the head resizes them at inference."""
+    return head.upsample_to_input(scores[None], padded_size)[0]
+
+
+def _postprocess(resize, image_size, out_size, scores: torch.Tensor) -> torch.Tensor:
+    """(c, ...) scores -> (c, height, width): ``resize`` (None: the scores are at the network's
+    input size), then Detectron2's ``sem_seg_postprocess`` (crop the padding, resize)."""
+    scores = scores if resize is None else resize(scores)
+    return sem_seg_postprocess(scores, image_size, *out_size)

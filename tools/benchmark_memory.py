@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Memory of the demo and of the web page, each measured in a fresh process.
+
+- demo: the peak RSS (``ru_maxrss`` of the finished child) of ``demo/demo.py`` on one photo with
+  a config (default: the 847-class MiT-B2 model, random weights), and, with ``--reference``, of
+  the argmax of the full (C, H, W) ``sem_seg`` (what the demo computes without
+  ``predict_labels``); both label maps must be equal;
+- web: the RSS (VmRSS) of ``demo/web.py`` after each of ``--uploads`` uploads of a 3 MP image, each
+  from a new gradio client (a new session), and after ``--idle`` seconds without requests.
+
+    python tools/benchmark_memory.py                       # both, ~5 minutes on 2 CPU cores
+    python tools/benchmark_memory.py --skip-web --reference
+Synthetic photo-like images are written into a temporary folder unless --photo / --upload-image.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = REPO / "configs" / "ade20k_full" / "protoseg_segformer_MiT-B2_847cls_bs16_40k.yaml"
+WEB_CONFIG = REPO / "configs" / "toy" / "protoseg_r18-d8_fcn_toy.yaml"
+MIB = 2**20
+
+
+def photo_like(path: Path, width: int, height: int, seed: int = 0) -> Path:
+    """A JPEG of smooth colour blobs with noise (regions and texture, as a photo has)."""
+    import cv2
+
+    rng = np.random.RandomState(seed)
+    small = rng.randint(0, 256, size=(height // 100 + 1, width // 100 + 1, 3)).astype(np.uint8)
+    image = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.int16)
+    image = np.clip(image + rng.randint(-20, 20, size=image.shape), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return path
+
+
+def run_child(args) -> float:
+    """Run a command; its peak RSS in MiB (ru_maxrss of the child, KiB on Linux)."""
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr.read()[-3000:]}")
+    return usage.ru_maxrss / 1024
+
+
+def full_argmax_worker(config: str, image_path: str, out: str, opts) -> None:
+    """The label map as the argmax of the full ``sem_seg`` (C, H, W), saved as a PNG."""
+    sys.path.insert(0, str(REPO / "demo"))
+    from demo import get_parser, setup_cfg
+    from detectron2.data.detection_utils import read_image
+    from predictor import Predictor, save_label_map
+
+    cfg = setup_cfg(get_parser().parse_args(
+        ["--config-file", config, "--input", image_path, "--allow-random-weights", "--opts", *opts]))
+    logits = Predictor(cfg)(read_image(image_path, format="BGR"))["sem_seg"]
+    save_label_map(out, logits.argmax(0).numpy(), cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+
+
+def bench_demo(args, tmp: Path) -> None:
+    import cv2
+
+    photo = Path(args.photo) if args.photo else photo_like(tmp / "photo.jpg", 1600, 1200)
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *args.opts]  # random weights
+    shape = cv2.imread(str(photo)).shape
+    print(f"demo: {args.demo_config} on {photo.name} ({shape[1]}x{shape[0]}), random weights", flush=True)
+    start = time.perf_counter()
+    peak = run_child([sys.executable, "demo/demo.py", "--config-file", args.demo_config, "--input", str(photo),
+                      "--output", str(tmp / "demo.png"), "--save-label-map", "--allow-random-weights",
+                      "--opts", *opts])
+    print(f"  demo/demo.py (label map in chunks of classes): peak RSS {peak:7.0f} MiB "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    if not args.reference:
+        return
+    start = time.perf_counter()
+    peak = run_child([sys.executable, __file__, "--full-argmax-worker", args.demo_config, str(photo),
+                      str(tmp / "full_labels.png"), *opts])
+    print(f"  argmax of the full (C, H, W) sem_seg:          peak RSS {peak:7.0f} MiB "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    a, b = cv2.imread(str(tmp / "demo_labels.png"), -1), cv2.imread(str(tmp / "full_labels.png"), -1)
+    print(f"  label maps equal: {bool(np.array_equal(a, b))} ({len(np.unique(a))} classes present)", flush=True)
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def bench_web(args, tmp: Path) -> None:
+    import urllib.request
+
+    from gradio_client import Client, handle_file
+
+    image = Path(args.upload_image) if args.upload_image else photo_like(tmp / "upload.jpg", 2000, 1500, seed=1)
+    port = args.port
+    server = subprocess.Popen(
+        [sys.executable, "demo/web.py", "--config-file", args.web_config, "--port", str(port),
+         "--allow-random-weights", "--opts", "MODEL.DEVICE", "cpu"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise SystemExit(f"demo/web.py exited with {server.returncode}")
+                time.sleep(0.5)
+        print(f"web: {args.web_config}, {args.uploads} uploads of {image.name}, one new session each", flush=True)
+        print(f"  started: RSS {rss_mib(server.pid):.0f} MiB", flush=True)
+        first = None
+        for i in range(args.uploads):
+            start = time.perf_counter()
+            Client(url, verbose=False).predict(handle_file(str(image)), api_name="/on_image")
+            rss = rss_mib(server.pid)
+            first = rss if first is None else first
+            print(f"  upload {i + 1}: RSS {rss:.0f} MiB (+{rss - first:.0f} over the first; "
+                  f"{time.perf_counter() - start:.1f} s)", flush=True)
+        time.sleep(args.idle)
+        print(f"  after {args.idle} s idle: RSS {rss_mib(server.pid):.0f} MiB", flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--demo-config", default=str(DEMO_CONFIG))
+    parser.add_argument("--photo", help="the demo's image (default: a synthetic 1600x1200 JPEG)")
+    parser.add_argument("--reference", action="store_true", help="also the argmax of the full (C, H, W) sem_seg")
+    parser.add_argument("--web-config", default=str(WEB_CONFIG))
+    parser.add_argument("--upload-image", help="the web page's upload (default: a synthetic 2000x1500 JPEG)")
+    parser.add_argument("--uploads", type=int, default=5)
+    parser.add_argument("--idle", type=int, default=10, help="seconds to wait after the uploads")
+    parser.add_argument("--port", type=int, default=7871)
+    parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--skip-web", action="store_true")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="demo config overrides KEY VALUE ...")
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--full-argmax-worker":
+        return full_argmax_worker(*argv[1:4], argv[4:])
+    args = get_parser().parse_args(argv)
+    print(f"ProtoSeg-D2 memory benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
+          f"python {sys.version.split()[0]}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_demo:
+            bench_demo(args, Path(tmp))
+        if not args.skip_web:
+            bench_web(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
