@@ -3,7 +3,7 @@
 Cityscapes) and optional multi-scale + flip test-time augmentation."""
 import logging
 from functools import partial
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +17,17 @@ from detectron2.structures import ImageList
 from ..config_checks import check_config
 from .heads.base import DecoderClassifierHead
 
-__all__ = ["ProtoSegSemanticSegmentor", "sliding_windows", "upsampled_argmax", "LABEL_CHUNK_BYTES"]
+__all__ = ["ProtoSegSemanticSegmentor", "sliding_windows", "upsampled_argmax", "upsampled_scores", "LABEL_CHUNK_BYTES"]
 
 logger = logging.getLogger("protoseg")
 
-#: upsampled_argmax resizes as many classes at a time as fit in this many bytes at the output size
+#: inference resizes the class scores to the output size as many classes at a time as fit in
+#: this many bytes there (upsampled_argmax, upsampled_scores)
 LABEL_CHUNK_BYTES = 128 * 2**20
+#: chunks of classes start at multiples of this: PyTorch's CPU bilinear kernel computes some
+#: resizes (downscaling) over vectors of channels, and a channel's value depends on its place in
+#: them; chunks aligned to 16 (AVX-512: 16 floats) give every channel the one-call value
+CHANNEL_ALIGNMENT = 16
 
 
 def sliding_windows(
@@ -43,6 +48,20 @@ def sliding_windows(
     return boxes
 
 
+def _class_chunks(
+    scores: torch.Tensor, upsample: Callable[[torch.Tensor], torch.Tensor], max_chunk_bytes: int
+) -> Iterator[Tuple[int, torch.Tensor]]:
+    """(first class, ``upsample(scores[first : first + n])``) over the classes of (C, h, w)
+    ``scores``: n a multiple of ``CHANNEL_ALIGNMENT`` such that a chunk at the output size has at
+    most ``max_chunk_bytes`` (at least ``CHANNEL_ALIGNMENT`` classes)."""
+    first = upsample(scores[:CHANNEL_ALIGNMENT])
+    yield 0, first
+    per_block = first[0].numel() * first.element_size() * CHANNEL_ALIGNMENT
+    step = max(1, max_chunk_bytes // per_block) * CHANNEL_ALIGNMENT
+    for start in range(CHANNEL_ALIGNMENT, scores.shape[0], step):
+        yield start, upsample(scores[start : start + step])
+
+
 def upsampled_argmax(
     scores: torch.Tensor,
     upsample: Callable[[torch.Tensor], torch.Tensor],
@@ -55,22 +74,39 @@ def upsampled_argmax(
         upsample: a resize that treats every channel on its own, (c, h, w) -> (c, H, W) (bilinear
             interpolation, cropping).
         max_chunk_bytes: the classes are resized a chunk at a time, each chunk at most this many
-            bytes at (H, W) (at least one class).
+            bytes at (H, W) (at least ``CHANNEL_ALIGNMENT`` classes).
     Returns:
-        (H, W) int64 labels. Every class is resized by the same call on fewer channels, so its
-        values are those of the one-call resize, and a running maximum keeps the lower class on a
-        tie, as ``argmax``: the labels are equal to ``upsample(scores).argmax(0)``. Memory:
-        one chunk and two (H, W) maps instead of (C, H, W).
+        (H, W) int64 labels. Every class is resized by the same call on fewer (aligned) channels,
+        so its values are those of the one-call resize, and a running maximum keeps the lower
+        class on a tie, as ``argmax``: the labels are equal to ``upsample(scores).argmax(0)``.
+        Memory: one chunk and two (H, W) maps instead of (C, H, W).
     """
-    best = upsample(scores[:1])[0]
-    labels = torch.zeros(best.shape, dtype=torch.int64, device=best.device)
-    step = max(1, max_chunk_bytes // (best.numel() * best.element_size()))
-    for start in range(1, scores.shape[0], step):
-        value, index = upsample(scores[start : start + step]).max(dim=0)
+    best = labels = None
+    for start, chunk in _class_chunks(scores, upsample, max_chunk_bytes):
+        value, index = chunk.max(dim=0)
+        if best is None:
+            best, labels = value, index
+            continue
         better = value > best
         best = torch.where(better, value, best)
         labels = torch.where(better, index + start, labels)
     return labels
+
+
+def upsampled_scores(
+    scores: torch.Tensor,
+    upsample: Callable[[torch.Tensor], torch.Tensor],
+    max_chunk_bytes: int = LABEL_CHUNK_BYTES,
+) -> torch.Tensor:
+    """``upsample(scores)`` ((C, h, w) -> (C, H, W), each channel on its own, as
+    :func:`upsampled_argmax`'s), equal to it, computed into its output a chunk of classes at a
+    time: (C, H, W) plus one chunk, not the resize's temporaries of every class."""
+    out = None
+    for start, chunk in _class_chunks(scores, upsample, max_chunk_bytes):
+        if out is None:
+            out = chunk.new_empty((scores.shape[0], *chunk.shape[1:]))
+        out[start : start + chunk.shape[0]] = chunk
+    return out
 
 
 @META_ARCH_REGISTRY.register()
@@ -173,12 +209,8 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
             return super().forward(batched_inputs)
         if self.sliding_window or self.uses_tta:
             return [{"sem_seg": self.inference_one(x)} for x in batched_inputs]
-        images = [self._normalize(x["image"].to(self.device).float()) for x in batched_inputs]
-        batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
-        return [
-            {"sem_seg": sem_seg_postprocess(logits, size, x.get("height", size[0]), x.get("width", size[1]))}
-            for logits, size, x in zip(self._padded_logits(batch.tensor), batch.image_sizes, batched_inputs)
-        ]
+        return [{"sem_seg": upsampled_scores(scores, resize, self.label_chunk_bytes)}
+                for scores, resize in self._whole_scores(batched_inputs)]
 
     @torch.no_grad()
     def predict_labels(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
@@ -192,37 +224,45 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         if self.uses_tta:
             return [out["sem_seg"].argmax(0) for out in self(batched_inputs)]
         if self.sliding_window:
-            return [self._slide_labels(x) for x in batched_inputs]
+            return [upsampled_argmax(*self._input_size_scores(x), self.label_chunk_bytes) for x in batched_inputs]
+        return [upsampled_argmax(scores, resize, self.label_chunk_bytes)
+                for scores, resize in self._whole_scores(batched_inputs)]
+
+    def _whole_scores(self, batched_inputs: List[Dict]) -> List[Tuple[torch.Tensor, Callable]]:
+        """Whole-image inference of a batch, up to the resize: per input, its scores and the resize
+        to its output size (channel by channel). The project's heads: (C, h/s, w/s) scores at the
+        decoder's stride and the head's resize to the padded batch, crop, resize (what
+        ``head.forward`` and ``sem_seg_postprocess`` compute); other heads: their (C, Hp, Wp)
+        logits, crop, resize."""
         images = [self._normalize(x["image"].to(self.device).float()) for x in batched_inputs]
         batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
         head = self.sem_seg_head
         if isinstance(head, DecoderClassifierHead):
-            # head.forward at inference, its resize to the padded batch done by upsampled_argmax
             scores = head.class_scores(head.decoder(self.backbone(batch.tensor)))
             resize = partial(_resize_batch_scores, head, tuple(batch.tensor.shape[-2:]))
         else:
             scores, resize = self._padded_logits(batch.tensor), None
-        labels = []
+        out = []
         for image_scores, size, x in zip(scores, batch.image_sizes, batched_inputs):
             out_size = (x.get("height", size[0]), x.get("width", size[1]))
-            resize_one = partial(_postprocess, resize, size, out_size)
-            labels.append(upsampled_argmax(image_scores, resize_one, self.label_chunk_bytes))
-        return labels
+            out.append((image_scores, partial(_postprocess, resize, size, out_size)))
+        return out
 
-    def _slide_labels(self, batched_input: Dict) -> torch.Tensor:
+    def _input_size_scores(self, batched_input: Dict) -> Tuple[torch.Tensor, Callable]:
+        """One image's logits (C, H, W) at the network's input size (whole or sliding window) and
+        the resize to its output size."""
         image = self._normalize(batched_input["image"].to(self.device).float())
         size = tuple(image.shape[-2:])
         out_size = (batched_input.get("height", size[0]), batched_input.get("width", size[1]))
-        resize = partial(_postprocess, None, size, out_size)
-        return upsampled_argmax(self.predict_logits(image), resize, self.label_chunk_bytes)
+        return self.predict_logits(image), partial(_postprocess, None, size, out_size)
 
     def inference_one(self, batched_input: Dict) -> torch.Tensor:
         """One input dict ("image": (3, H, W), optional "height"/"width") -> (C, height, width)."""
+        if not self.uses_tta:
+            return upsampled_scores(*self._input_size_scores(batched_input), self.label_chunk_bytes)
         image = batched_input["image"].to(self.device).float()
         h, w = image.shape[-2:]
         out_size = (batched_input.get("height", h), batched_input.get("width", w))
-        if not self.uses_tta:
-            return sem_seg_postprocess(self.predict_logits(self._normalize(image)), (h, w), *out_size)
         min_sizes, flips = self.test_min_sizes or (0,), (False, True) if self.test_flip else (False,)
         probs = None
         for min_size in min_sizes:
