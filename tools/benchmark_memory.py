@@ -2,9 +2,10 @@
 """Memory of the demo and of the web page, each measured in a fresh process.
 
 - demo: the peak RSS (``ru_maxrss`` of the finished child) of ``demo/demo.py`` on one photo with
-  a config (default: the 847-class MiT-B2 model, random weights), and, with ``--reference``, of
-  the argmax of the full (C, H, W) ``sem_seg`` (what the demo computes without
-  ``predict_labels``); both label maps must be equal;
+  a config (default: the 847-class MiT-B2 model, random weights of seed 0), and, with
+  ``--reference``, of the argmax of the full (C, H, W) ``sem_seg`` (what the demo computes without
+  ``predict_labels``), from the project's segmentor and from Detectron2's ``SemanticSegmentor``;
+  it says whether their label maps equal the demo's;
 - web: the RSS (VmRSS) of ``demo/web.py`` after each of ``--uploads`` uploads of a 3 MP image, each
   from a new gradio client (a new session), and after ``--idle`` seconds without requests.
 
@@ -58,33 +59,53 @@ def full_argmax_worker(config: str, image_path: str, out: str, opts) -> None:
     from predictor import Predictor, save_label_map
 
     cfg = setup_cfg(get_parser().parse_args(
-        ["--config-file", config, "--input", image_path, "--allow-random-weights", "--opts", *opts]))
+        ["--config-file", config, "--input", image_path, "--opts", *opts]))
     logits = Predictor(cfg)(read_image(image_path, format="BGR"))["sem_seg"]
     save_label_map(out, logits.argmax(0).numpy(), cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+
+
+def random_weights(config: str, path: Path, opts) -> Path:
+    """A checkpoint of the config's model, randomly initialised with seed 0 (both runs of the
+    demo load the same weights, so that their label maps can be compared)."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from protoseg.config import load_config
+
+    torch.manual_seed(0)
+    model = build_model(load_config(config, opts))
+    torch.save({"model": model.state_dict()}, path)
+    return path
 
 
 def bench_demo(args, tmp: Path) -> None:
     import cv2
 
     photo = Path(args.photo) if args.photo else photo_like(tmp / "photo.jpg", 1600, 1200)
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *args.opts]  # random weights
+    opts = ["MODEL.DEVICE", "cpu", *args.opts]
+    opts += ["MODEL.WEIGHTS", str(random_weights(args.demo_config, tmp / "random.pth", opts + ["MODEL.WEIGHTS", ""]))]
     shape = cv2.imread(str(photo)).shape
-    print(f"demo: {args.demo_config} on {photo.name} ({shape[1]}x{shape[0]}), random weights", flush=True)
+    print(f"demo: {args.demo_config} on {photo.name} ({shape[1]}x{shape[0]}), random weights (seed 0)", flush=True)
     start = time.perf_counter()
     peak = run_child([sys.executable, "demo/demo.py", "--config-file", args.demo_config, "--input", str(photo),
-                      "--output", str(tmp / "demo.png"), "--save-label-map", "--allow-random-weights",
-                      "--opts", *opts])
-    print(f"  demo/demo.py (label map in chunks of classes): peak RSS {peak:7.0f} MiB "
+                      "--output", str(tmp / "demo.png"), "--save-label-map", "--opts", *opts])
+    print(f"  {'demo/demo.py (label map by chunks of classes):':47s} peak RSS {peak:7.0f} MiB "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
     if not args.reference:
         return
-    start = time.perf_counter()
-    peak = run_child([sys.executable, __file__, "--full-argmax-worker", args.demo_config, str(photo),
-                      str(tmp / "full_labels.png"), *opts])
-    print(f"  argmax of the full (C, H, W) sem_seg:          peak RSS {peak:7.0f} MiB "
-          f"({time.perf_counter() - start:.0f} s)", flush=True)
-    a, b = cv2.imread(str(tmp / "demo_labels.png"), -1), cv2.imread(str(tmp / "full_labels.png"), -1)
-    print(f"  label maps equal: {bool(np.array_equal(a, b))} ({len(np.unique(a))} classes present)", flush=True)
+    labels = cv2.imread(str(tmp / "demo_labels.png"), cv2.IMREAD_UNCHANGED)
+    references = {  # Detectron2's SemanticSegmentor resizes all classes in one call, twice
+        "argmax of forward's (C, H, W) sem_seg": [],
+        "the same, Detectron2's SemanticSegmentor": ["MODEL.META_ARCHITECTURE", "SemanticSegmentor"],
+    }
+    for i, (name, extra) in enumerate(references.items()):
+        start, out = time.perf_counter(), tmp / f"full_labels_{i}.png"
+        peak = run_child([sys.executable, __file__, "--full-argmax-worker", args.demo_config, str(photo), str(out),
+                          *opts, *extra])
+        same = np.array_equal(labels, cv2.imread(str(out), cv2.IMREAD_UNCHANGED))
+        print(f"  {name + ':':47s} peak RSS {peak:7.0f} MiB ({time.perf_counter() - start:.0f} s), "
+              f"label map equal to the demo's: {same}", flush=True)
+    print(f"  ({len(np.unique(labels))} classes in the label map)", flush=True)
 
 
 def rss_mib(pid: int) -> float:
