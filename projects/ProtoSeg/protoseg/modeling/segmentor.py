@@ -128,7 +128,9 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
 
     Output, as Detectron2's: ``[{"sem_seg": (C, height, width)}]`` with ``height``/``width`` of the
     input dict (the original image size; default: the image tensor's), logits without TTA,
-    probabilities with TTA.
+    probabilities with TTA; the resize to that size goes a chunk of classes at a time
+    (:func:`upsampled_scores`). :meth:`predict_labels` gives only their argmax, without the
+    (C, height, width) tensor (the demo and the web page).
     """
 
     @configurable
