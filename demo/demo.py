@@ -21,7 +21,6 @@ import argparse
 import glob
 import logging
 import os
-import sys
 import time
 
 import cv2
@@ -31,11 +30,10 @@ from PIL import Image
 
 from detectron2.utils.logger import setup_logger
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from predictor import SemSegDemo, save_label_map  # noqa: E402
+from predictor import SemSegDemo, save_label_map
 
-from protoseg.config import load_config  # noqa: E402  (importing protoseg registers the datasets)
-from protoseg.data.image_io import ImageReadError, inspect_image, read_image  # noqa: E402
+from protoseg.config import load_config  # (importing protoseg registers the datasets)
+from protoseg.data.image_io import ImageReadError, inspect_image, read_image
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 WINDOW_NAME = "ProtoSeg"

@@ -13,14 +13,11 @@ import torch
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
-from detectron2.data import transforms as T
-from detectron2.engine import DefaultPredictor
-from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from protoseg.checkpoint import ProtoSegCheckpointer
+from protoseg.predictor import Predictor
 
-__all__ = ["Predictor", "SemSegDemo", "demo_metadata", "save_label_map", "read_label_map", "DEFAULT_AREA_FRACTION"]
+__all__ = ["SemSegDemo", "demo_metadata", "save_label_map", "read_label_map", "DEFAULT_AREA_FRACTION"]
 
 logger = logging.getLogger("protoseg")
 
@@ -69,27 +66,6 @@ def read_label_map(path: str) -> np.ndarray:
     return label_map
 
 
-class Predictor(DefaultPredictor):
-    """Detectron2's ``DefaultPredictor`` (same pre-processing and ``__call__``: BGR input,
-    ``cfg.INPUT.FORMAT``, ``ResizeShortestEdge`` to ``MIN_SIZE_TEST``/``MAX_SIZE_TEST``) whose
-    weights are loaded, once, by ``ProtoSegCheckpointer``: DetectionCheckpointer would skip a key of
-    another shape (a prototype buffer, a classifier of another class count) or a missing one with a
-    warning and predict with random weights there; here any such key is an error naming it."""
-
-    def __init__(self, cfg):
-        # DefaultPredictor.__init__ (v0.6 to main), with the project's checkpointer
-        self.cfg = cfg.clone()  # cfg can be modified by model
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        if len(cfg.DATASETS.TEST):
-            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        ProtoSegCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
-        self.input_format = cfg.INPUT.FORMAT
-        if self.input_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT must be RGB or BGR for the demo, got {self.input_format!r}")
-
-
 class SemSegDemo:
     """Predicts a label map for an image and draws it with the dataset's class names and colours."""
 
@@ -113,10 +89,9 @@ class SemSegDemo:
         self.area_threshold = area_threshold
 
     def predict(self, image_bgr: np.ndarray) -> np.ndarray:
-        """image (H, W, 3) uint8 BGR -> label map (H, W) int64."""
-        # DefaultPredictor takes BGR and converts it itself when cfg.INPUT.FORMAT is RGB
-        logits = self.predictor(image_bgr)["sem_seg"]  # (C, H, W)
-        return logits.argmax(dim=0).to(torch.int64).cpu().numpy()
+        """image (H, W, 3) uint8 BGR -> label map (H, W) int64 (:meth:`Predictor.label_map`: memory
+        does not grow with classes x image size)."""
+        return self.predictor.label_map(image_bgr).to(torch.int64).cpu().numpy()
 
     def run_on_image(self, image_bgr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """image (H, W, 3) uint8 BGR (OpenCV) -> (label map (H, W) int64, visualisation RGB uint8,

@@ -18,8 +18,10 @@ from protoseg.config import load_config  # noqa: E402
 from protoseg.data import register_toy_scenes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-# the modules beside the scripts: datasets/toy_scenes.py (the toy-data generator), lab/studies.py
-sys.path[:0] = [str(REPO / "datasets"), str(REPO / "lab")]
+# the modules beside the scripts, importable as each script imports them (its folder is first on
+# sys.path when it runs): datasets/toy_scenes.py (the toy-data generator), lab/studies.py,
+# demo/predictor.py and demo/demo.py (which demo/web.py imports)
+sys.path[:0] = [str(REPO / "datasets"), str(REPO / "lab"), str(REPO / "demo")]
 import toy_scenes  # noqa: E402
 TOY_CONFIGS = REPO / "configs" / "toy"
 

@@ -191,3 +191,63 @@ def test_from_config_reads_the_test_keys():
     assert isinstance(model, ProtoSegSemanticSegmentor) and isinstance(model, SemanticSegmentor)
     assert (model.window_size, model.window_stride, model.window_batch_size) == ((64, 64), (48, 40), 2)
     assert model.test_min_sizes == (96, 128) and not model.test_flip
+
+
+# enlarged to the output size, at the network's size, shrunk (PyTorch's kernel differs there)
+RESIZED_INPUTS = [{"image": image(64, 96), "height": 75, "width": 113}, {"image": image(48, 80, seed=1)},
+                  {"image": image(64, 96, seed=2), "height": 32, "width": 48}]
+
+
+def full_size_scores(model, inputs):
+    """forward's sem_seg, resized in one chunk of all classes (C, height, width)."""
+    model.label_chunk_bytes, chunk_bytes = 2**40, model.label_chunk_bytes
+    with torch.no_grad():
+        out = [x["sem_seg"] for x in model(inputs)]
+    model.label_chunk_bytes = chunk_bytes
+    return out
+
+
+@pytest.mark.parametrize("opts", [
+    [],  # whole image, the ProtoSeg head: scores resized from the decoder's stride
+    ["MODEL.SEM_SEG_HEAD.NAME", "ParametricSegHead"],
+    ["TEST.SLIDING_WINDOW.ENABLED", True, "TEST.SLIDING_WINDOW.SIZE", (48, 48), "TEST.SLIDING_WINDOW.STRIDE", (32, 32)],
+    ["TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", (48, 64), "TEST.AUG.FLIP", True],
+])
+def test_label_maps_in_chunks_of_classes_equal_the_argmax_of_the_scores(opts):
+    """predict_labels never holds (C, height, width); its labels are forward's argmax, exactly."""
+    cfg = toy_cfg(opts=["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 37] + opts)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    model.label_chunk_bytes = 1  # the least chunk: 16 classes, so 3 chunks, the last one of 5
+    labels = model.predict_labels(RESIZED_INPUTS)
+    expected = [out.argmax(0) for out in full_size_scores(model, RESIZED_INPUTS)]
+    assert [tuple(x.shape) for x in labels] == [(75, 113), (48, 80), (32, 48)]
+    for got, want in zip(labels, expected):
+        assert got.dtype == torch.int64 and torch.equal(got, want)
+    assert bool((expected[0] < 16).any() and (expected[0] >= 32).any())  # several chunks win somewhere
+
+
+def test_label_maps_of_another_head_and_ties_go_to_the_lower_class():
+    values = [0.0] * 40
+    values[20] = values[35] = values[3] = 2.0  # tied in three chunks of 16 classes
+    tied = segmentor(ConstantHead(values), label_chunk_bytes=1)
+    labels = tied.predict_labels([{"image": image(6, 7), "height": 9, "width": 5}])[0]
+    assert labels.shape == (9, 5) and bool((labels == 3).all())
+    conv = segmentor(ConvHead(kernel_size=3), label_chunk_bytes=1)
+    inputs = [{"image": image(13, 17), "height": 20, "width": 30}]
+    assert torch.equal(conv.predict_labels(inputs)[0], full_size_scores(conv, inputs)[0].argmax(0))
+
+
+def test_scores_resized_in_chunks_of_classes_are_detectron2s():
+    """forward's (C, height, width) is filled a chunk of classes at a time: bit-equal to Detectron2's
+    SemanticSegmentor, which resizes all classes in one call."""
+    cfg = toy_cfg(opts=["MODEL.SEM_SEG_HEAD.NAME", "ParametricSegHead", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 37])
+    torch.manual_seed(0)
+    ours = build_model(cfg).eval()
+    ours.label_chunk_bytes = 1  # 16 classes at a time
+    cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
+    theirs = build_model(cfg).eval()
+    theirs.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        for x, y in zip(ours(RESIZED_INPUTS), theirs(RESIZED_INPUTS)):
+            assert x["sem_seg"].shape == y["sem_seg"].shape and torch.equal(x["sem_seg"], y["sem_seg"])

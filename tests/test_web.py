@@ -6,6 +6,7 @@ the prototype pictures beside it. Needs the [web] extra (gradio, selenium) and C
 import io
 import shutil
 import sys
+import time
 import urllib.request
 
 import numpy as np
@@ -150,3 +151,52 @@ def test_16bit_upload_is_read_as_the_demo_and_training_read_it(tmp_path):
     expected = np.repeat((gray >> 8).astype(np.uint8)[..., None], 3, axis=-1)
     np.testing.assert_array_equal(image_rgb, expected)
     np.testing.assert_array_equal(overlay, session.demo.run_on_image(expected)[1])  # grey: BGR == RGB
+
+
+@pytest.fixture(scope="module")
+def small_page(toy_dataset):
+    """A page of the random toy model with a 20000-pixel limit and states kept 1.2 s: (app, URL)."""
+    port = free_port()
+    app = web.main(["--config-file", str(TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"), "--port", str(port),
+                    "--allow-random-weights", "--max-pixels", "20000", "--state-minutes", "0.02",
+                    "--opts", "DATASETS.TEST", "('toy_test_val',)"], block=False)
+    yield app, f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def test_large_upload_is_downscaled_with_a_note_and_its_state_is_small_and_dropped(small_page, tmp_path):
+    """Through gradio's client, as a browser: a 400x300 upload is analysed at 163x122 (the limit),
+    the page says so, the session keeps the image, an 8-bit label map and embeddings at the
+    decoder's stride (no (C, H, W) scores), and drops them after --state-minutes."""
+    from gradio_client import Client, handle_file
+
+    app, url = small_page
+    path = tmp_path / "large.png"
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (300, 400, 3), dtype=np.uint8)).save(path)
+    client = Client(url, verbose=False)
+    result = client.predict(handle_file(str(path)), api_name="/on_image")
+    overlay_path, note = result[0], result[1]
+    assert "400x300" in note and "163x122" in note and "--max-pixels" in note
+    width, height = Image.open(overlay_path).size  # drawn enlarged, as the demo draws
+    assert min(width, height) >= 511 and abs(width / height - 163 / 122) < 0.01
+    (image, output), = [v for v in app.state_holder[client.session_hash].state_data.values() if v is not None]
+    assert set(vars(output)) == {"embeddings", "prediction", "info"}
+    assert image.shape == (122, 163, 3) and output.prediction.shape == (122, 163)
+    assert image.dtype == output.prediction.dtype == np.uint8
+    stride, padded = output.info.stride, output.info.padded_size
+    assert output.embeddings.shape[1:] == (-(-padded[0] // stride), -(-padded[1] // stride))  # (D, h, w)
+    give_up_at = time.time() + 30
+    while time.time() < give_up_at and any(v is not None for v in
+                                         app.state_holder[client.session_hash].state_data.values()):
+        time.sleep(0.5)
+    assert all(v is None for v in app.state_holder[client.session_hash].state_data.values())
+
+
+def test_an_upload_that_is_no_image_gets_a_message(small_page, tmp_path):
+    from gradio_client import Client, handle_file
+
+    _, url = small_page
+    path = tmp_path / "notes.txt"
+    path.write_text("not an image")
+    with pytest.raises(Exception, match=r"notes\.txt: not an image this page can read"):
+        Client(url, verbose=False).predict(handle_file(str(path)), api_name="/on_image")

@@ -21,6 +21,7 @@ from ..data.labels import REDUCE_ZERO_LABEL_KEY, check_label_range
 from .report import (
     confused_pairs,
     format_confused_pairs_table,
+    format_summary_metrics,
     plot_per_class_iou,
     save_confused_pairs_csv,
     save_per_class_csv,
@@ -158,7 +159,7 @@ class SemSegReportEvaluator(SemSegEvaluator):
             with PathManager.open(os.path.join(self._output_dir, "sem_seg_evaluation.pth"), "wb") as f:
                 torch.save(metrics, f)
         results = OrderedDict(sem_seg=metrics)
-        logger.info("Metrics of %s: %s", self._dataset_name, results)
+        logger.info("Metrics of %s: %s", self._dataset_name, format_summary_metrics(metrics))
         if self._report_dir and comm.is_main_process():
             self.write_report(metrics)
         return results

@@ -2,7 +2,8 @@
 (Sec. 5.1: whole image with the short side resized for ADE20K / COCO-Stuff, sliding window for
 Cityscapes) and optional multi-scale + flip test-time augmentation."""
 import logging
-from typing import Dict, List, Sequence, Tuple
+from functools import partial
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,17 @@ from detectron2.structures import ImageList
 from ..config_checks import check_config
 from .heads.base import DecoderClassifierHead
 
-__all__ = ["ProtoSegSemanticSegmentor", "sliding_windows"]
+__all__ = ["ProtoSegSemanticSegmentor", "sliding_windows", "upsampled_argmax", "upsampled_scores", "LABEL_CHUNK_BYTES"]
 
 logger = logging.getLogger("protoseg")
+
+#: inference resizes the class scores to the output size as many classes at a time as fit in
+#: this many bytes there (upsampled_argmax, upsampled_scores)
+LABEL_CHUNK_BYTES = 128 * 2**20
+#: chunks of classes start at multiples of this: PyTorch's CPU bilinear kernel computes some
+#: resizes (downscaling) over vectors of channels, and a channel's value depends on its place in
+#: them; chunks aligned to 16 (AVX-512: 16 floats) give every channel the one-call value
+CHANNEL_ALIGNMENT = 16
 
 
 def sliding_windows(
@@ -37,6 +46,67 @@ def sliding_windows(
             y1, x1 = min(i * step_h + win_h, height), min(j * step_w + win_w, width)
             boxes.append((max(y1 - win_h, 0), y1, max(x1 - win_w, 0), x1))
     return boxes
+
+
+def _class_chunks(
+    scores: torch.Tensor, upsample: Callable[[torch.Tensor], torch.Tensor], max_chunk_bytes: int
+) -> Iterator[Tuple[int, torch.Tensor]]:
+    """(first class, ``upsample(scores[first : first + n])``) over the classes of (C, h, w)
+    ``scores``: n a multiple of ``CHANNEL_ALIGNMENT`` such that a chunk at the output size has at
+    most ``max_chunk_bytes`` (at least ``CHANNEL_ALIGNMENT`` classes)."""
+    first = upsample(scores[:CHANNEL_ALIGNMENT])
+    yield 0, first
+    per_block = first[0].numel() * first.element_size() * CHANNEL_ALIGNMENT
+    step = max(1, max_chunk_bytes // per_block) * CHANNEL_ALIGNMENT
+    for start in range(CHANNEL_ALIGNMENT, scores.shape[0], step):
+        yield start, upsample(scores[start : start + step])
+
+
+def upsampled_argmax(
+    scores: torch.Tensor,
+    upsample: Callable[[torch.Tensor], torch.Tensor],
+    max_chunk_bytes: int = LABEL_CHUNK_BYTES,
+) -> torch.Tensor:
+    """``upsample(scores).argmax(0)`` without holding ``upsample(scores)``.
+
+    Args:
+        scores: (C, h, w) class scores.
+        upsample: a resize that treats every channel on its own, (c, h, w) -> (c, H, W) (bilinear
+            interpolation, cropping).
+        max_chunk_bytes: the classes are resized a chunk at a time, each chunk at most this many
+            bytes at (H, W) (at least ``CHANNEL_ALIGNMENT`` classes).
+    Returns:
+        (H, W) int64 labels. Every class is resized by the same call on fewer (aligned) channels,
+        so its values are those of the one-call resize, and a running maximum keeps the lower
+        class on a tie, as ``argmax``: the labels are equal to ``upsample(scores).argmax(0)``.
+        Memory: one chunk and two (H, W) maps instead of (C, H, W).
+    """
+    best = labels = None
+    for start, chunk in _class_chunks(scores, upsample, max_chunk_bytes):
+        value, index = chunk.max(dim=0)
+        if best is None:
+            best, labels = value, index
+            continue
+        better = value > best
+        best = torch.where(better, value, best)
+        labels = torch.where(better, index + start, labels)
+    return labels
+
+
+def upsampled_scores(
+    scores: torch.Tensor,
+    upsample: Callable[[torch.Tensor], torch.Tensor],
+    max_chunk_bytes: int = LABEL_CHUNK_BYTES,
+) -> torch.Tensor:
+    """``upsample(scores)`` ((C, h, w) -> (C, H, W), each channel on its own, as
+    :func:`upsampled_argmax`'s), equal to it, computed into its output a chunk of classes at a
+    time: (C, H, W) plus one chunk, not the resize's temporaries of every class."""
+    out = None
+    for start, chunk in _class_chunks(scores, upsample, max_chunk_bytes):
+        if out is None:
+            out = chunk.new_empty((scores.shape[0], *chunk.shape[1:]))
+        out[start : start + chunk.shape[0]] = chunk
+    return out
 
 
 @META_ARCH_REGISTRY.register()
@@ -58,7 +128,9 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
 
     Output, as Detectron2's: ``[{"sem_seg": (C, height, width)}]`` with ``height``/``width`` of the
     input dict (the original image size; default: the image tensor's), logits without TTA,
-    probabilities with TTA.
+    probabilities with TTA; the resize to that size goes a chunk of classes at a time
+    (:func:`upsampled_scores`). :meth:`predict_labels` gives only their argmax, without the
+    (C, height, width) tensor (the demo and the web page).
     """
 
     @configurable
@@ -72,6 +144,7 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         test_min_sizes: Sequence[int] = (),
         test_max_size: int = 4000,
         test_flip: bool = False,
+        label_chunk_bytes: int = LABEL_CHUNK_BYTES,
         **kwargs,
     ):
         """
@@ -82,6 +155,8 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
             test_min_sizes: TTA short sides (long side at most ``test_max_size``); empty: one pass
                 at the input's size.
             test_flip: TTA with the horizontal flip of every scale.
+            label_chunk_bytes: :meth:`predict_labels` resizes the class scores to the output size
+                in chunks of classes of at most this many bytes (:func:`upsampled_argmax`).
             kwargs: ``SemanticSegmentor``'s (backbone, sem_seg_head, pixel_mean, pixel_std).
         """
         super().__init__(**kwargs)
@@ -99,6 +174,7 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         self.test_min_sizes = tuple(test_min_sizes)
         self.test_max_size = test_max_size
         self.test_flip = test_flip
+        self.label_chunk_bytes = label_chunk_bytes
         logger.info("Test protocol: %s", self.test_protocol)
 
     @classmethod
@@ -140,20 +216,60 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
             return super().forward(batched_inputs)
         if self.sliding_window or self.uses_tta:
             return [{"sem_seg": self.inference_one(x)} for x in batched_inputs]
+        return [{"sem_seg": upsampled_scores(scores, resize, self.label_chunk_bytes)}
+                for scores, resize in self._whole_scores(batched_inputs)]
+
+    @torch.no_grad()
+    def predict_labels(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
+        """Input dicts as :meth:`forward`'s -> per input a (height, width) int64 label map, equal
+        to ``forward(batched_inputs)[i]["sem_seg"].argmax(0)`` without its (C, height, width)
+        scores: the whole-image and sliding-window paths resize the class scores to the output
+        size a chunk of classes at a time (:func:`upsampled_argmax`); the project's heads from
+        their (C, h/s, w/s) scores at the decoder's stride, other heads and the sliding window
+        from the (C, H, W) logits at the network's input size. TTA (a softmax over the classes
+        at the output size) runs :meth:`forward`."""
+        if self.uses_tta:
+            return [out["sem_seg"].argmax(0) for out in self(batched_inputs)]
+        if self.sliding_window:
+            return [upsampled_argmax(*self._input_size_scores(x), self.label_chunk_bytes) for x in batched_inputs]
+        return [upsampled_argmax(scores, resize, self.label_chunk_bytes)
+                for scores, resize in self._whole_scores(batched_inputs)]
+
+    def _whole_scores(self, batched_inputs: List[Dict]) -> List[Tuple[torch.Tensor, Callable]]:
+        """Whole-image inference of a batch, up to the resize: per input, its scores and the resize
+        to its output size (channel by channel). The project's heads: (C, h/s, w/s) scores at the
+        decoder's stride and the head's resize to the padded batch, crop, resize (what
+        ``head.forward`` and ``sem_seg_postprocess`` compute); other heads: their (C, Hp, Wp)
+        logits, crop, resize."""
         images = [self._normalize(x["image"].to(self.device).float()) for x in batched_inputs]
         batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
-        return [
-            {"sem_seg": sem_seg_postprocess(logits, size, x.get("height", size[0]), x.get("width", size[1]))}
-            for logits, size, x in zip(self._padded_logits(batch.tensor), batch.image_sizes, batched_inputs)
-        ]
+        head = self.sem_seg_head
+        if isinstance(head, DecoderClassifierHead):
+            scores = head.class_scores(head.decoder(self.backbone(batch.tensor)))
+            resize = partial(_resize_batch_scores, head, tuple(batch.tensor.shape[-2:]))
+        else:
+            scores, resize = self._padded_logits(batch.tensor), None
+        out = []
+        for image_scores, size, x in zip(scores, batch.image_sizes, batched_inputs):
+            out_size = (x.get("height", size[0]), x.get("width", size[1]))
+            out.append((image_scores, partial(_postprocess, resize, size, out_size)))
+        return out
+
+    def _input_size_scores(self, batched_input: Dict) -> Tuple[torch.Tensor, Callable]:
+        """One image's logits (C, H, W) at the network's input size (whole or sliding window) and
+        the resize to its output size."""
+        image = self._normalize(batched_input["image"].to(self.device).float())
+        size = tuple(image.shape[-2:])
+        out_size = (batched_input.get("height", size[0]), batched_input.get("width", size[1]))
+        return self.predict_logits(image), partial(_postprocess, None, size, out_size)
 
     def inference_one(self, batched_input: Dict) -> torch.Tensor:
         """One input dict ("image": (3, H, W), optional "height"/"width") -> (C, height, width)."""
+        if not self.uses_tta:
+            return upsampled_scores(*self._input_size_scores(batched_input), self.label_chunk_bytes)
         image = batched_input["image"].to(self.device).float()
         h, w = image.shape[-2:]
         out_size = (batched_input.get("height", h), batched_input.get("width", w))
-        if not self.uses_tta:
-            return sem_seg_postprocess(self.predict_logits(self._normalize(image)), (h, w), *out_size)
         min_sizes, flips = self.test_min_sizes or (0,), (False, True) if self.test_flip else (False,)
         probs = None
         for min_size in min_sizes:
@@ -215,3 +331,17 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
                 logits[:, y0:y1, x0:x1] += window_logits
                 count[:, y0:y1, x0:x1] += 1
         return (logits / count)[:, :h, :w]
+
+
+def _resize_batch_scores(head: DecoderClassifierHead, padded_size: Tuple[int, int],
+                         scores: torch.Tensor) -> torch.Tensor:
+    """(c, h, w) scores of one image at the decoder's stride -> (c, Hp, Wp) at the padded batch's
+    size, as the head resizes them at inference."""
+    return head.upsample_to_input(scores[None], padded_size)[0]
+
+
+def _postprocess(resize, image_size, out_size, scores: torch.Tensor) -> torch.Tensor:
+    """(c, ...) scores -> (c, height, width): ``resize`` (None: the scores are at the network's
+    input size), then Detectron2's ``sem_seg_postprocess`` (crop the padding, resize)."""
+    scores = scores if resize is None else resize(scores)
+    return sem_seg_postprocess(scores, image_size, *out_size)

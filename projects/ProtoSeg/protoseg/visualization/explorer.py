@@ -5,6 +5,7 @@ class, which of its K prototypes each of its pixels is closest to (the assignmen
 the heat maps of all K (the same tool's second picture). Everything is drawn by
 :mod:`~protoseg.visualization.prototype_maps`; this module only picks and renders.
 """
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -86,8 +87,12 @@ class PrototypeExplorer:
         return self.memory.num_prototypes
 
     def embed(self, image: np.ndarray) -> EmbeddingOutput:
-        """(H, W, 3) uint8 image in ``cfg.INPUT.FORMAT`` -> embeddings and prediction."""
-        return embed_image(self.model, self.cfg, image)
+        """(H, W, 3) uint8 image in ``cfg.INPUT.FORMAT`` -> embeddings (D, h, w) at the decoder's
+        stride and prediction (H, W), the prediction as uint8 (up to 256 classes) or uint16: what
+        the web page keeps of an image between its requests."""
+        output = embed_image(self.model, self.cfg, image)
+        dtype = np.uint8 if len(self.class_names) <= 256 else np.uint16
+        return dataclasses.replace(output, prediction=output.prediction.astype(dtype))
 
     def class_choices(self, prediction: np.ndarray) -> List[Tuple[str, int]]:
         """(label, class id) of every class, the predicted ones first by pixel count, labelled

@@ -12,6 +12,7 @@ of which the top-left (hv, wv) = ceil((H', W') / stride) cells cover the image.
 """
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,6 +27,7 @@ from detectron2.structures import ImageList
 from ..checkpoint import ProtoSegCheckpointer
 from ..config import load_config
 from ..data.labels import REDUCE_ZERO_LABEL_KEY, read_label_map, reduce_zero_label
+from ..modeling.segmentor import upsampled_argmax
 
 __all__ = [
     "InputInfo",
@@ -87,7 +89,7 @@ class EmbeddingOutput:
 def build_cfg(config_file: str, opts: Sequence = ()):
     """A frozen config from a YAML file and ``KEY VALUE`` overrides, with the project's keys.
 
-    Unlike ``protoseg.engine.setup_cfg`` it does not call ``default_setup``, which would write a
+    Unlike ``train_net.setup`` it does not call ``default_setup``, which would write a
     ``config.yaml`` into ``OUTPUT_DIR`` (usually a training folder) for a mere visualisation.
     """
     return load_config(config_file, opts, freeze=True)
@@ -170,7 +172,8 @@ def embed_image(model, cfg, image: np.ndarray) -> EmbeddingOutput:
     flat = emb[0].permute(1, 2, 0).reshape(-1, d)
     scores = head.normalize_scores(memory.nearest_class_scores(flat))  # (h*w, C)
     scores = scores.t().reshape(-1, h, w)
-    prediction = upsample_to_image(scores, info).argmax(0)
+    # argmax of upsample_to_image(scores, info), a chunk of classes at a time: no (C, H, W)
+    prediction = upsampled_argmax(scores, partial(upsample_to_image, info=info))
     return EmbeddingOutput(embeddings=emb[0].float().cpu(), prediction=prediction.cpu().numpy(), info=info)
 
 
