@@ -25,24 +25,24 @@ class PrepareError(RuntimeError):
     """Raw input that cannot be converted; the message names the file and what is wrong."""
 
 
-def load_data_module(module: str):
-    """``protoseg/data/<module>.py`` loaded on its own (a module that needs numpy + Pillow at most,
-    e.g. ``labels``, ``ade20k_full``); the installed ``protoseg.data.<module>`` if this script was
-    copied away from the source tree."""
-    name = f"_protoseg_{module}_standalone"
+def load_package_module(module: str):
+    """``protoseg/<module>.py`` (``module`` dotted, e.g. ``data.labels``) loaded on its own, without
+    the package's ``__init__`` (a module that needs numpy + Pillow at most); the installed
+    ``protoseg.<module>`` if this script was copied away from the source tree."""
+    name = f"_protoseg_{module.replace('.', '_')}_standalone"
     if name in sys.modules:
         return sys.modules[name]
-    path = _PROJECT_DIR / "protoseg" / "data" / f"{module}.py"
+    path = _PROJECT_DIR.joinpath("protoseg", *module.split(".")).with_suffix(".py")
     if path.is_file():
         spec = importlib.util.spec_from_file_location(name, path)
         loaded = importlib.util.module_from_spec(spec)
         sys.modules[name] = loaded  # before exec: dataclasses / NamedTuple look the module up
         spec.loader.exec_module(loaded)
         return loaded
-    return importlib.import_module(f"protoseg.data.{module}")
+    return importlib.import_module(f"protoseg.{module}")
 
 
-labels = load_data_module("labels")
+labels = load_package_module("data.labels")
 
 
 def default_root(subdir: str) -> Path:

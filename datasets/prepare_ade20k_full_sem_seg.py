@@ -64,7 +64,7 @@ from PIL import Image
 
 import _prepare_common as common
 
-table = common.load_data_module("ade20k_full")  # the shipped class table (stdlib only)
+table = common.load_package_module("data.ade20k_full")  # the shipped class table (stdlib only)
 
 IGNORE = table.ADE20K_FULL_IGNORE
 NUM_CLASSES = table.ADE20K_FULL_NUM_CLASSES
@@ -84,13 +84,13 @@ SplitStats = Tuple[np.ndarray, np.ndarray]
 
 def load_index(path: Path) -> Dict:
     """The official ``index_ade20k.pkl`` (a dict of lists / numpy arrays), read with
-    :func:`protoseg.data.safe_pickle.safe_load`; PrepareError naming the file if it is missing, refused or lacks a key."""
+    :func:`protoseg.checkpoint.safe_pickle.safe_load`; PrepareError naming the file if it is missing, refused or lacks a key."""
     if not path.is_file():
         raise common.PrepareError(
             f"index {path} does not exist; it comes with the ADE20K download (index_ade20k.pkl)")
     try:
         with open(path, "rb") as f:
-            index = common.load_data_module("safe_pickle").safe_load(f)
+            index = common.load_package_module("checkpoint.safe_pickle").safe_load(f)
     except Exception as e:
         raise common.PrepareError(f"index {path} cannot be read: {type(e).__name__}: {e}") from e
     if not isinstance(index, dict):

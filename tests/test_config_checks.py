@@ -263,7 +263,7 @@ def test_stride_is_checked_against_the_window_only_for_sliding_window_inference(
 
 
 def test_choices_are_the_modules():
-    from protoseg.data.mapper import PAD_IMAGE_VALUES, PAD_POSITIONS, SCALE_JITTER_MODES
+    from protoseg.data.transforms import PAD_IMAGE_VALUES, PAD_POSITIONS, SCALE_JITTER_MODES
     from protoseg.modeling.decoders.hrnet import HRNET_VARIANTS
     from protoseg.modeling.decoders.segformer import SEGFORMER_VARIANTS
     from protoseg.modeling.prototypes.distances import DISTANCES

@@ -117,7 +117,7 @@ def test_full_disk_is_one_clear_error_and_keeps_the_last_checkpoint(toy_dataset,
         f = open(path, mode, *args, **kwargs)
         return _FullFile(f) if "w" in mode and "model_0000003" in str(path) else f
 
-    monkeypatch.setattr(protoseg.checkpoint, "open", open_full, raising=False)  # the checkpointer's files
+    monkeypatch.setattr(protoseg.checkpoint.checkpointer, "open", open_full, raising=False)  # the checkpointer's files
     with Records("detectron2") as records, pytest.raises(DiskFullError) as error:
         trainer.train()
     message = str(error.value)

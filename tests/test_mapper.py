@@ -16,15 +16,14 @@ from detectron2.data.detection_utils import SizeMismatchError
 
 from protoseg.config import load_config
 from protoseg.data.labels import LabelMapError
-from protoseg.data.mapper import (
-    ImageReadError,
+from protoseg.data.mapper import ImageReadError, SemSegDatasetMapper
+from protoseg.data.transforms import (
     PadToSize,
     PhotometricDistortionTransform,
     RandomBrightness,
     RandomPhotometricDistortion,
     RandomRescale,
     RandomScaleAspectResize,
-    SemSegDatasetMapper,
     build_train_augmentation,
 )
 

@@ -10,13 +10,8 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from protoseg.config import load_config
-from protoseg.data.mapper import (
-    PadToSize,
-    RandomBrightness,
-    RandomScaleAspectResize,
-    SemSegDatasetMapper,
-    build_test_augmentation,
-)
+from protoseg.data.mapper import SemSegDatasetMapper
+from protoseg.data.transforms import PadToSize, RandomBrightness, RandomScaleAspectResize, build_test_augmentation
 
 from conftest import REPO
 

@@ -7,7 +7,8 @@ from .datasets import (
     register_toy_scenes,
 )
 from .builtin import register_all
-from .mapper import SemSegDatasetMapper, build_test_augmentation, build_train_augmentation
+from .mapper import SemSegDatasetMapper
+from .transforms import build_test_augmentation, build_train_augmentation
 
 __all__ = [
     "datasets_root",

@@ -10,7 +10,7 @@ reference code's recipe (openseg.pytorch's augmentations) is reached with ``SCAL
 (configs/cityscapes/reference_protoseg_hrnetv2_W48_bs8_80k.yaml).
 """
 from ..config_checks import Boolean, Integer, Items, Key, Number, OneOf, add_keys, declare
-from .mapper import PAD_IMAGE_VALUES, PAD_POSITIONS, SCALE_JITTER_MODES
+from .transforms import PAD_IMAGE_VALUES, PAD_POSITIONS, SCALE_JITTER_MODES
 
 __all__ = ["KEYS", "add_data_config"]
 

@@ -39,8 +39,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 from fvcore.common.checkpoint import _filter_reused_missing_keys, _IncompatibleKeys
 
-from .data.safe_pickle import RefusedGlobal, safe_load
-from .processes import writer_tag, written_by_dead_process
+from ..processes import writer_tag, written_by_dead_process
+from .safe_pickle import RefusedGlobal, safe_load
 
 __all__ = [
     "ProtoSegCheckpointer",
