@@ -5,7 +5,7 @@ them), only the classes present are labelled, and a class whose largest region i
 area threshold is coloured but not labelled, so that pictures of 847-class models stay legible.
 """
 import logging
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -29,12 +29,15 @@ DEFAULT_AREA_FRACTION = 0.005
 _OFF_WHITE = (1.0, 1.0, 240.0 / 255)  # Visualizer.draw_sem_seg's edge colour
 
 
-def demo_metadata(dataset_name: Optional[str], num_classes: int) -> Metadata:
-    """Class names and colours to draw with: those of ``dataset_name`` (``MetadataCatalog``), padded
-    to ``num_classes`` with "class_<i>" names and fixed (seeded) colours where the dataset has fewer
-    or none. A copy: the catalogue entry is not modified."""
+def demo_metadata(dataset_name: Optional[str], num_classes: int, class_names: Sequence[str] = ()) -> Metadata:
+    """Class names and colours to draw with: ``class_names`` (the model's,
+    ``MODEL.SEM_SEG_HEAD.CLASS_NAMES``) or else those of ``dataset_name`` (``MetadataCatalog``),
+    padded to ``num_classes`` with "class_<i>" names; the dataset's colours, and fixed (seeded)
+    colours where the dataset has fewer or none. A copy: the catalogue entry is not modified."""
     source = MetadataCatalog.get(dataset_name) if dataset_name else None
     names = list(source.get("stuff_classes", [])) if source is not None else []
+    if class_names:
+        names = list(class_names)
     colors = list(source.get("stuff_colors", []) or []) if source is not None else []
     if len(names) != num_classes:
         logger.warning(
@@ -107,7 +110,8 @@ class SemSegDemo:
         """
         self.predictor = Predictor(cfg)
         self.num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-        self.metadata = demo_metadata(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None, self.num_classes)
+        self.metadata = demo_metadata(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None, self.num_classes,
+                                      cfg.MODEL.SEM_SEG_HEAD.CLASS_NAMES)
         self.alpha = alpha
         self.labels = labels
         self.area_threshold = area_threshold

@@ -114,6 +114,9 @@ class Boolean(Rule):
 class Text(Rule):
     """Any string (e.g. a metric name; "" often means off)."""
 
+    def describe(self, cfg, plural: bool = False) -> str:
+        return "strings" if plural else "a string"
+
     def problem(self, value, cfg) -> Optional[str]:
         return None if isinstance(value, str) else "must be a string"
 
@@ -234,6 +237,8 @@ RULES: Dict[str, Rule] = {
     "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": Integer(ge="MODEL.SEM_SEG_HEAD.NUM_CLASSES", le=65535),
     "MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS": Items(_POSITIVE, length="MODEL.SEM_SEG_HEAD.NUM_CLASSES", or_empty=True),
     "MODEL.SEM_SEG_HEAD.UPSAMPLE_ALIGN_CORNERS": Boolean(),
+    "MODEL.SEM_SEG_HEAD.CLASS_NAMES": Items(Text(), length="MODEL.SEM_SEG_HEAD.NUM_CLASSES", or_empty=True),
+    "INPUT.HELD_OUT_CLASSES": _COUNT,
     "MODEL.SEM_SEG_HEAD.NUM_CONVS": _POSITIVE_INT,
     "MODEL.SEM_SEG_HEAD.CONCAT_INPUT": Boolean(),
     "MODEL.SEM_SEG_HEAD.DROPOUT": Number(ge=0, lt=1),

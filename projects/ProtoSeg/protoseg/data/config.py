@@ -71,3 +71,15 @@ def add_data_config(cfg):
     cfg.TEST.SLIDING_WINDOW.STRIDE = (512, 512)
     # Windows per forward pass: bounds the memory of large images.
     cfg.TEST.SLIDING_WINDOW.BATCH_SIZE = 4
+
+    # ---- the model's vocabulary (data/vocabulary.py) -------------------------------------------
+    # Names of the classes the model predicts, in id order (NUM_CLASSES of them); empty: the names
+    # of the test (else training) dataset. Written by tools/add_class.py beside a model that
+    # predicts more classes than its datasets name; the evaluator, its per-class table, the demo
+    # and the web page read the names here.
+    cfg.MODEL.SEM_SEG_HEAD.CLASS_NAMES = []
+    # The last N class ids of the datasets are held out: their pixels are ignored in training and
+    # in evaluation, and NUM_CLASSES counts the other classes (the dataset's count minus N). The
+    # last ids, so that the others keep their ids and a held-out class added back with
+    # tools/add_class.py gets its dataset id. 0: every class is learned.
+    cfg.INPUT.HELD_OUT_CLASSES = 0

@@ -64,6 +64,12 @@ class DecoderClassifierHead(nn.Module):
         head = cfg.MODEL.SEM_SEG_HEAD
         return {"class_weights": tuple(head.CLASS_WEIGHTS), "upsample_align_corners": head.UPSAMPLE_ALIGN_CORNERS}
 
+    def pixel_embeddings(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Backbone features -> (B, D, h, w): the vectors the classifier reads, at the decoder's
+        stride (here the decoder's output; the prototype head's after its projection and
+        normalisation). For adding a class from examples (``protoseg/new_class.py``)."""
+        return self.decoder(features)
+
     def class_scores(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) embedding -> (B, C, h, w) class scores (logits at the decoder's stride)."""
         raise NotImplementedError
