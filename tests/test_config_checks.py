@@ -42,6 +42,8 @@ BAD_VALUES = [
     ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", 0, "must be an integer >= 1"),
     ("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 3, "must be an integer in [MODEL.SEM_SEG_HEAD.NUM_CLASSES (54), 65535]"),
     ("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 65536, "must be an integer in [MODEL.SEM_SEG_HEAD.NUM_CLASSES (54), 65535]"),
+    ("MODEL.SEM_SEG_HEAD.CLASS_NAMES", ["a", "b"], "must be MODEL.SEM_SEG_HEAD.NUM_CLASSES (54) strings, or empty"),
+    ("INPUT.HELD_OUT_CLASSES", -1, "must be an integer >= 0"),
     ("MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0, 2.0], "must be MODEL.SEM_SEG_HEAD.NUM_CLASSES (54) numbers > 0, or empty"),
     ("MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0] * 53 + [0.0], "must be MODEL.SEM_SEG_HEAD.NUM_CLASSES (54) numbers > 0, "
                                                              "or empty"),
