@@ -12,8 +12,9 @@ its pixels ignored, 7 classes) and with every class. Then, per held-out model an
 
 - unknown detection on the validation split: the held-out class's pixels are the positives, the
   other labelled pixels the negatives; AUROC, AP and FPR at 95 % TPR of each unknown score
-  (:data:`SCORES`: maximum softmax probability and maximum logit from the logits of any head, and
-  the model's own ``unknown_score`` output where it has one);
+  (:data:`SCORES`: maximum softmax probability and maximum logit from the logits of any head,
+  1 - the nearest prototype's cosine for ProtoSeg, and the model's own ``unknown_score`` output
+  where it has one);
 - adding the held-out class from 1, 5 and 20 training images (``--shots``; nested: the first n of
   one seeded order of the training images that show the class) with ``protoseg.new_class``; on the
   validation split the added class's IoU, the mIoU of the other classes (the held-out class's
@@ -109,24 +110,45 @@ def fpr_at_tpr(scores, positive, tpr_level: float = 0.95) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Unknown scores: (C, H, W) logits and the model's output dict -> (H, W), higher = more unknown
+# Unknown scores: (model, cfg, input dict, (C, H, W) logits, output dict) -> (H, W) at the labels'
+# size, higher = more unknown; None where a score does not apply to the model
 # --------------------------------------------------------------------------------------------
-def _msp(logits: torch.Tensor, output: Dict) -> Optional[torch.Tensor]:
+def _msp(model, cfg, x: Dict, logits: torch.Tensor, output: Dict) -> Optional[torch.Tensor]:
     return -logits.softmax(dim=0).amax(dim=0)
 
 
-def _max_logit(logits: torch.Tensor, output: Dict) -> Optional[torch.Tensor]:
+def _max_logit(model, cfg, x: Dict, logits: torch.Tensor, output: Dict) -> Optional[torch.Tensor]:
     return -logits.amax(dim=0)
 
 
-def _model_score(logits: torch.Tensor, output: Dict) -> Optional[torch.Tensor]:
+def _nearest_prototype(model, cfg, x: Dict, logits: torch.Tensor, output: Dict) -> Optional[torch.Tensor]:
+    """1 - max_c max_k cos(x, p_ck) of a ProtoSeg model with the cosine distance, from its pixel
+    embeddings (``protoseg.visualization.inference.embed_image``: the inference path's test-time
+    resize) upsampled as the logits are."""
+    from detectron2.data import detection_utils
+
+    from protoseg.visualization.inference import embed_image, upsample_to_image
+
+    memory = getattr(model.sem_seg_head, "memory", None)
+    if memory is None or not memory.normalized:
+        return None
+    out = embed_image(model, cfg, detection_utils.read_image(x["file_name"], format=cfg.INPUT.FORMAT))
+    emb = out.embeddings  # (D, h, w)
+    protos = memory.prototypes.reshape(-1, emb.shape[0]).float().cpu()
+    nearest = torch.einsum("dhw,md->mhw", emb, protos).amax(dim=0)  # (h, w)
+    return 1.0 - upsample_to_image(nearest[None], out.info)[0]
+
+
+def _model_score(model, cfg, x: Dict, logits: torch.Tensor, output: Dict) -> Optional[torch.Tensor]:
     return output.get("unknown_score")
 
 
-#: name -> score; a score that returns None for a model (no such output) is left out of its rows
-SCORES: Dict[str, Callable[[torch.Tensor, Dict], Optional[torch.Tensor]]] = {
+#: name -> score; a score that returns None for a model is left out of its rows. The model's own
+#: ``unknown_score`` output, when it has one, is scored beside the study's.
+SCORES: Dict[str, Callable[..., Optional[torch.Tensor]]] = {
     "max softmax prob.": _msp,
     "max logit": _max_logit,
+    "1 - nearest prototype cos.": _nearest_prototype,
     "model's unknown_score": _model_score,
 }
 
@@ -165,7 +187,7 @@ def evaluate(cfg, weights: str, dataset: str, num_dataset_classes: int, *, score
             labels.append(np.where(valid, gt, -1).ravel())
             if scores:
                 for name, score in SCORES.items():
-                    value = score(logits, out)
+                    value = score(model, cfg, x, logits, out)
                     if value is not None:
                         collected[name].append(np.asarray(value, dtype=np.float32).ravel())
     result = {"confusion": confusion, "preds": preds, "labels": np.concatenate(labels)}

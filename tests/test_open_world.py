@@ -59,7 +59,8 @@ def test_quick_study_writes_both_tables_for_both_heads(tmp_path):
     with open(tmp_path / "open_world" / "unknown.csv") as f:
         unknown = list(csv.DictReader(f))
     assert {(r["head"], r["score"]) for r in unknown} == {
-        (head, score) for head in ("ProtoSeg", "softmax") for score in ("max softmax prob.", "max logit")}
+        (head, score) for head in ("ProtoSeg", "softmax") for score in ("max softmax prob.", "max logit")} | {
+        ("ProtoSeg", "1 - nearest prototype cos.")}
     for row in unknown:
         assert 0 <= float(row["AUROC"].split(" +- ")[0]) <= 100
     assert (tmp_path / "open_world" / "added" / "protoseg_seed0_shots1" / "config.yaml").is_file()
