@@ -12,9 +12,8 @@ its pixels ignored, 7 classes) and with every class. Then, per held-out model an
 
 - unknown detection on the validation split: the held-out class's pixels are the positives, the
   other labelled pixels the negatives; AUROC, AP and FPR at 95 % TPR of each unknown score
-  (:data:`SCORES`: maximum softmax probability and maximum logit from the logits of any head,
-  1 - the nearest prototype's cosine for ProtoSeg, and the model's own ``unknown_score`` output
-  where it has one);
+  (:data:`SCORES`: maximum softmax probability and maximum logit from the logits of any head, and
+  for ProtoSeg the model's ``unknown_score`` output ``TEST.UNKNOWN_SCORE nearest_prototype``);
 - adding the held-out class from 1, 5 and 20 training images (``--shots``; nested: the first n of
   one seeded order of the training images that show the class) with ``protoseg.new_class``; on the
   validation split the added class's IoU, the mIoU of the other classes (the held-out class's
@@ -122,34 +121,16 @@ def _max_logit(model, cfg, x: Dict, logits: torch.Tensor, output: Dict) -> Optio
 
 
 def _nearest_prototype(model, cfg, x: Dict, logits: torch.Tensor, output: Dict) -> Optional[torch.Tensor]:
-    """1 - max_c max_k cos(x, p_ck) of a ProtoSeg model with the cosine distance, from its pixel
-    embeddings (``protoseg.visualization.inference.embed_image``: the inference path's test-time
-    resize) upsampled as the logits are."""
-    from detectron2.data import detection_utils
-
-    from protoseg.visualization.inference import embed_image, upsample_to_image
-
-    memory = getattr(model.sem_seg_head, "memory", None)
-    if memory is None or not memory.normalized:
-        return None
-    out = embed_image(model, cfg, detection_utils.read_image(x["file_name"], format=cfg.INPUT.FORMAT))
-    emb = out.embeddings  # (D, h, w)
-    protos = memory.prototypes.reshape(-1, emb.shape[0]).float().cpu()
-    nearest = torch.einsum("dhw,md->mhw", emb, protos).amax(dim=0)  # (h, w)
-    return 1.0 - upsample_to_image(nearest[None], out.info)[0]
-
-
-def _model_score(model, cfg, x: Dict, logits: torch.Tensor, output: Dict) -> Optional[torch.Tensor]:
+    """The model's own ``unknown_score`` (``TEST.UNKNOWN_SCORE nearest_prototype``, set by
+    :func:`evaluate` for ProtoSeg models): 1 - max_c max_k cos(x, p_ck)."""
     return output.get("unknown_score")
 
 
-#: name -> score; a score that returns None for a model is left out of its rows. The model's own
-#: ``unknown_score`` output, when it has one, is scored beside the study's.
+#: name -> score; a score that returns None for a model is left out of its rows
 SCORES: Dict[str, Callable[..., Optional[torch.Tensor]]] = {
     "max softmax prob.": _msp,
     "max logit": _max_logit,
     "1 - nearest prototype cos.": _nearest_prototype,
-    "model's unknown_score": _model_score,
 }
 
 
@@ -167,6 +148,10 @@ def evaluate(cfg, weights: str, dataset: str, num_dataset_classes: int, *, score
     from protoseg.data.labels import read_label_map
     from protoseg.engine import Trainer
 
+    if scores and cfg.MODEL.SEM_SEG_HEAD.NAME == "ProtoSegHead":
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.TEST.UNKNOWN_SCORE = "nearest_prototype"
     model = Trainer.build_model(cfg)
     ProtoSegCheckpointer(model).load(weights, checkpointables=[])
     model.eval()

@@ -44,6 +44,7 @@ BAD_VALUES = [
     ("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 65536, "must be an integer in [MODEL.SEM_SEG_HEAD.NUM_CLASSES (54), 65535]"),
     ("MODEL.SEM_SEG_HEAD.CLASS_NAMES", ["a", "b"], "must be MODEL.SEM_SEG_HEAD.NUM_CLASSES (54) strings, or empty"),
     ("INPUT.HELD_OUT_CLASSES", -1, "must be an integer >= 0"),
+    ("TEST.UNKNOWN_SCORE", "entropy", "must be one of '', 'nearest_prototype', 'max_softmax', 'max_logit'"),
     ("MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0, 2.0], "must be MODEL.SEM_SEG_HEAD.NUM_CLASSES (54) numbers > 0, or empty"),
     ("MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0] * 53 + [0.0], "must be MODEL.SEM_SEG_HEAD.NUM_CLASSES (54) numbers > 0, "
                                                              "or empty"),
@@ -192,6 +193,7 @@ def test_choices_are_the_modules():
     from protoseg.modeling.prototypes.memory import ASSIGNMENTS
     from protoseg.modeling.prototypes.memory import SCORES_KERNELS
     from protoseg.modeling.prototypes.scores import SIMILARITY_PRECISIONS
+    from protoseg.modeling.unknown_score import UNKNOWN_SCORES
     from protoseg.solver import OPTIMIZERS
 
     modules = {
@@ -201,6 +203,7 @@ def test_choices_are_the_modules():
         "MODEL.SEM_SEG_HEAD.HRNET_VARIANT": HRNET_VARIANTS, "MODEL.SEM_SEG_HEAD.SEGFORMER_VARIANT": SEGFORMER_VARIANTS,
         "INPUT.SCALE_JITTER.MODE": SCALE_JITTER_MODES, "INPUT.PAD.POSITION": PAD_POSITIONS,
         "INPUT.PAD.IMAGE_VALUE": PAD_IMAGE_VALUES, "SOLVER.OPTIMIZER": OPTIMIZERS,
+        "TEST.UNKNOWN_SCORE": UNKNOWN_SCORES,
     }
     choice_keys = {key for key, rule in RULES.items() if isinstance(rule, OneOf)}
     assert choice_keys == set(modules)

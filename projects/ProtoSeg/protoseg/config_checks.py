@@ -266,6 +266,7 @@ RULES: Dict[str, Rule] = {
         "TEST.SLIDING_WINDOW.ENABLED", Items(_POSITIVE_INT, length=2, each_at_most="TEST.SLIDING_WINDOW.SIZE")
     ),
     "TEST.SLIDING_WINDOW.BATCH_SIZE": _POSITIVE_INT,
+    "TEST.UNKNOWN_SCORE": OneOf(("", "nearest_prototype", "max_softmax", "max_logit")),
     # ---- solver --------------------------------------------------------------------------------
     "SOLVER.OPTIMIZER": OneOf(("SGD", "ADAMW"), ignore_case=True),
     "SOLVER.HEAD_LR_MULTIPLIER": _POSITIVE,

@@ -83,3 +83,7 @@ def add_data_config(cfg):
     # last ids, so that the others keep their ids and a held-out class added back with
     # tools/add_class.py gets its dataset id. 0: every class is learned.
     cfg.INPUT.HELD_OUT_CLASSES = 0
+    # Adds "unknown_score" (H, W), higher = less like any known class, to every output beside
+    # "sem_seg" (modeling/unknown_score.py): "" (none), "nearest_prototype" (ProtoSeg, cosine:
+    # 1 - max_c max_k cos(x, p_ck); whole-image inference), "max_softmax" or "max_logit" (any head).
+    cfg.TEST.UNKNOWN_SCORE = ""

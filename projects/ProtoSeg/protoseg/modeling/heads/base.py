@@ -74,6 +74,12 @@ class DecoderClassifierHead(nn.Module):
         """(B, D, h, w) embedding -> (B, C, h, w) class scores (logits at the decoder's stride)."""
         raise NotImplementedError
 
+    def inference_scores(self, embedding: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Inference with maps beside the class scores: (B, D, h, w) embedding -> ((B, C, h, w)
+        class scores, named (B, 1, h, w) maps at the same stride). Here none; the prototype head
+        gives "nearest_similarity" (the unknown score ``nearest_prototype``)."""
+        return self.class_scores(embedding), {}
+
     def training_scores(
         self, embedding: torch.Tensor, targets: torch.Tensor
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -97,6 +103,7 @@ class DecoderClassifierHead(nn.Module):
         features: Dict[str, torch.Tensor],
         targets: Optional[torch.Tensor] = None,
         image_size: Optional[Tuple[int, int]] = None,
+        with_maps: bool = False,
     ):
         """
         Args:
@@ -105,8 +112,14 @@ class DecoderClassifierHead(nn.Module):
                 unlabelled.
             image_size: (H, W) of the input batch, the size of the logits at inference (default:
                 the decoder's stride times the scores' size).
+            with_maps: inference: return the maps of :meth:`inference_scores`, upsampled as the
+                logits, as the second value (else {}).
         """
         embedding = self.decoder(features)
+        if not self.training and with_maps:
+            scores, maps = self.inference_scores(embedding)
+            return self.upsample_to_input(scores, image_size), {k: self.upsample_to_input(v, image_size)
+                                                                for k, v in maps.items()}
         if not self.training:
             return self.upsample_to_input(self.class_scores(embedding), image_size), {}
         if targets is None:
