@@ -1,4 +1,5 @@
 """TEST.UNKNOWN_SCORE: the model's "unknown_score" output beside an unchanged "sem_seg"."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -53,3 +54,33 @@ def test_softmax_baseline_offers_the_logit_scores():
     with pytest.raises(ValueError, match="TEST.AUG.ENABLED"):
         build_model(toy_cfg(opts=["TEST.UNKNOWN_SCORE", "max_logit", "TEST.AUG.ENABLED", True,
                                   "TEST.AUG.MIN_SIZES", (64,), "TEST.AUG.FLIP", True]))
+
+
+def test_demo_draws_pixels_above_the_unknown_threshold_as_unknown(trained_toy_checkpoint, toy_dataset, tmp_path, monkeypatch):
+    from PIL import Image
+    from detectron2.data.detection_utils import read_image
+    from detectron2.utils.visualizer import Visualizer
+
+    from conftest import REPO, TOY_CONFIGS, load_script
+
+    demo = load_script("protoseg_demo_unknown", REPO / "demo" / "demo.py")
+    cfg, weights = trained_toy_checkpoint
+    path = str(sorted((toy_dataset / "images" / "validation").glob("*.jpg"))[0])
+    image = read_image(path, format="RGB")
+    model = trained(toy_cfg(opts=["TEST.UNKNOWN_SCORE", "nearest_prototype"]), weights)
+    with torch.no_grad():
+        out = model([{"image": torch.as_tensor(image.transpose(2, 0, 1).astype("float32"))}])[0]
+    threshold = float(out["unknown_score"].median())
+    expected = out["sem_seg"].argmax(0).numpy()
+    expected[out["unknown_score"].numpy() > threshold] = 8
+
+    texts = []
+    original = Visualizer.draw_text
+    monkeypatch.setattr(Visualizer, "draw_text", lambda self, text, *a, **k: texts.append(text) or original(self, text, *a, **k))
+    demo.main(["--config-file", str(TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"), "--input", path,
+               "--output", str(tmp_path / "pic.png"), "--save-label-map", "--unknown-threshold", str(threshold),
+               "--opts", "MODEL.WEIGHTS", str(weights), "DATASETS.TEST", "('toy_test_val',)"])
+    labels = np.asarray(Image.open(tmp_path / "pic_labels.png"))
+    assert 0.4 < (labels == 8).mean() < 0.6
+    assert (labels == expected).mean() > 0.999  # the demo's JPEG decoding and the model's agree
+    assert "unknown" in texts
