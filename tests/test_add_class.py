@@ -96,7 +96,9 @@ def test_prototypes_of_the_added_class_are_the_clustered_support_embeddings(trai
     K = protos.shape[1]
     assert protos.shape[0] == 9 and torch.equal(protos[:8], old["sem_seg_head.memory.prototypes"])
     assert torch.allclose(protos[8].norm(dim=1), torch.ones(K), atol=1e-5)
-    assert sum(addition.pixel_counts) == addition.support_cells
+    assert len(addition.pixel_counts) == K and sum(addition.pixel_counts) == addition.support_cells
+    # K distinct prototypes, each the l2-normalised sum of the cells it was assigned
+    assert (addition.pixel_counts[0] > 0) and int((torch.cdist(protos[8], protos[8]) > 1e-4).sum()) > K * (K - 1) // 2
     # every new prototype is closer to the class's own trained prototypes than to any other class's:
     # the support cells are class 3's pixels, embedded by the model that learned class 3
     nearest_class = (protos[8] @ protos[:8].reshape(-1, protos.shape[-1]).t()).argmax(1) // K

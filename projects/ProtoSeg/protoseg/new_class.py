@@ -263,7 +263,7 @@ def add_class(cfg, weights: str, examples: Sequence[Tuple[str, str]], name: str,
     memory = _clustering_settings(head)
     result = ClassAddition(state, old_names + [name], int(x.shape[0]))
     if PROTOTYPES_KEY in state:
-        K = state[PROTOTYPES_KEY].shape[0] // (C + 1)
+        K = state[PROTOTYPES_KEY].shape[1]  # (C + 1, K, D)
         protos, counts = cluster_prototypes(x, memory, K, seed=seed)
         state[PROTOTYPES_KEY][C] = protos
         if SCORE_NORM_KEYS[0] in state:
