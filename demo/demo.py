@@ -49,6 +49,9 @@ def setup_cfg(args):
         logger.warning("MODEL.DEVICE is %s but no GPU is available: running on the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     check_weights(cfg.MODEL.WEIGHTS, args.allow_random_weights)
+    if getattr(args, "unknown_threshold", None) is not None:
+        cfg.TEST.UNKNOWN_SCORE = args.unknown_score or cfg.TEST.UNKNOWN_SCORE or (
+            "nearest_prototype" if cfg.MODEL.SEM_SEG_HEAD.NAME == "ProtoSegHead" else "max_softmax")
     cfg.freeze()
     return cfg
 
@@ -164,6 +167,13 @@ def get_parser():
     parser.add_argument("--save-label-map", action="store_true",
                         help="also write the raw label map beside each picture as <name>_labels.png "
                              "(8-bit; 16-bit when the model has more than 256 classes); with --input only")
+    parser.add_argument("--unknown-threshold", type=float, default=None, metavar="T",
+                        help="draw the pixels whose unknown score exceeds T as 'unknown' (label id C in "
+                             "--save-label-map); the score is --unknown-score")
+    parser.add_argument("--unknown-score", choices=["nearest_prototype", "max_softmax", "max_logit"], default=None,
+                        help="TEST.UNKNOWN_SCORE for --unknown-threshold (default: the config's, else "
+                             "nearest_prototype for ProtoSeg heads and max_softmax for the others); "
+                             "docs/OPEN_WORLD.md")
     parser.add_argument("--allow-random-weights", action="store_true",
                         help="run even without MODEL.WEIGHTS (the predictions of a randomly initialised model)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
@@ -287,9 +297,10 @@ def main(argv=None):
     plan = plan_images(args) if args.input else None
     if args.video_input:
         check_video_input(args.video_input)
-    demo = SemSegDemo(cfg, alpha=args.alpha, labels=not args.no_labels, area_threshold=args.area_threshold)
+    demo = SemSegDemo(cfg, alpha=args.alpha, labels=not args.no_labels, area_threshold=args.area_threshold,
+                      unknown_threshold=args.unknown_threshold)
     if args.input:
-        run_images(demo, args, plan, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+        run_images(demo, args, plan, len(demo.metadata.stuff_classes))
     elif args.video_input:
         run_video(demo, args)
     else:

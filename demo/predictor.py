@@ -5,7 +5,7 @@ them), only the classes present are labelled, and a class whose largest region i
 area threshold is coloured but not labelled, so that pictures of 847-class models stay legible.
 """
 import logging
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -17,21 +17,27 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from protoseg.predictor import Predictor
 
-__all__ = ["SemSegDemo", "demo_metadata", "save_label_map", "read_label_map", "DEFAULT_AREA_FRACTION"]
+__all__ = ["SemSegDemo", "demo_metadata", "with_unknown_class", "save_label_map", "read_label_map",
+           "DEFAULT_AREA_FRACTION", "UNKNOWN_NAME"]
 
 logger = logging.getLogger("protoseg")
 
 #: without ``area_threshold``, regions smaller than this share of the image are not labelled
 DEFAULT_AREA_FRACTION = 0.005
 _OFF_WHITE = (1.0, 1.0, 240.0 / 255)  # Visualizer.draw_sem_seg's edge colour
+#: name and colour of the pixels drawn as unknown (``unknown_threshold``), label id C
+UNKNOWN_NAME, UNKNOWN_COLOR = "unknown", [96, 96, 96]
 
 
-def demo_metadata(dataset_name: Optional[str], num_classes: int) -> Metadata:
-    """Class names and colours to draw with: those of ``dataset_name`` (``MetadataCatalog``), padded
-    to ``num_classes`` with "class_<i>" names and fixed (seeded) colours where the dataset has fewer
-    or none. A copy: the catalogue entry is not modified."""
+def demo_metadata(dataset_name: Optional[str], num_classes: int, class_names: Sequence[str] = ()) -> Metadata:
+    """Class names and colours to draw with: ``class_names`` (the model's,
+    ``MODEL.SEM_SEG_HEAD.CLASS_NAMES``) or else those of ``dataset_name`` (``MetadataCatalog``),
+    padded to ``num_classes`` with "class_<i>" names; the dataset's colours, and fixed (seeded)
+    colours where the dataset has fewer or none. A copy: the catalogue entry is not modified."""
     source = MetadataCatalog.get(dataset_name) if dataset_name else None
     names = list(source.get("stuff_classes", [])) if source is not None else []
+    if class_names:
+        names = list(class_names)
     colors = list(source.get("stuff_colors", []) or []) if source is not None else []
     if len(names) != num_classes:
         logger.warning(
@@ -44,6 +50,13 @@ def demo_metadata(dataset_name: Optional[str], num_classes: int) -> Metadata:
     colors = [list(map(int, c)) for c in colors[:num_classes]]
     colors += [palette[i].tolist() for i in range(len(colors), num_classes)]
     return Metadata(name=f"{dataset_name or 'unknown'} (demo)", stuff_classes=names, stuff_colors=colors)
+
+
+def with_unknown_class(metadata: Metadata) -> Metadata:
+    """``metadata`` with one more class, "unknown" (dark grey), at id C: the pixels whose
+    ``unknown_score`` exceeds the demo's threshold."""
+    return Metadata(name=metadata.name, stuff_classes=list(metadata.stuff_classes) + [UNKNOWN_NAME],
+                    stuff_colors=list(metadata.stuff_colors) + [UNKNOWN_COLOR])
 
 
 def save_label_map(path: str, label_map: np.ndarray, num_classes: int) -> None:
@@ -71,7 +84,8 @@ class SemSegDemo:
 
     min_drawn_size = 512
 
-    def __init__(self, cfg, alpha: float = 0.6, labels: bool = True, area_threshold: Optional[int] = None):
+    def __init__(self, cfg, alpha: float = 0.6, labels: bool = True, area_threshold: Optional[int] = None,
+                 unknown_threshold: Optional[float] = None):
         """
         Args:
             cfg: a frozen config; ``cfg.MODEL.WEIGHTS`` is loaded.
@@ -80,18 +94,33 @@ class SemSegDemo:
             area_threshold: a class is labelled only when its largest connected region has at
                 least this many pixels (of the input image); None: ``DEFAULT_AREA_FRACTION`` of
                 the image. Smaller regions are still coloured.
+            unknown_threshold: pixels whose ``unknown_score`` (``cfg.TEST.UNKNOWN_SCORE``) exceeds
+                it get label C, drawn as "unknown"; None: no unknown pixels.
         """
+        if unknown_threshold is not None and not cfg.TEST.UNKNOWN_SCORE:
+            raise ValueError("an unknown threshold needs TEST.UNKNOWN_SCORE (nearest_prototype, max_softmax, max_logit)")
         self.predictor = Predictor(cfg)
         self.num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-        self.metadata = demo_metadata(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None, self.num_classes)
+        self.metadata = demo_metadata(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None, self.num_classes,
+                                      cfg.MODEL.SEM_SEG_HEAD.CLASS_NAMES)
         self.alpha = alpha
         self.labels = labels
         self.area_threshold = area_threshold
+        self.unknown_threshold = unknown_threshold
+        if unknown_threshold is not None:
+            self.metadata = with_unknown_class(self.metadata)
 
     def predict(self, image_bgr: np.ndarray) -> np.ndarray:
-        """image (H, W, 3) uint8 BGR -> label map (H, W) int64 (:meth:`Predictor.label_map`: memory
-        does not grow with classes x image size)."""
-        return self.predictor.label_map(image_bgr).to(torch.int64).cpu().numpy()
+        """image (H, W, 3) uint8 BGR -> label map (H, W) int64 (C where unknown, with an
+        ``unknown_threshold``). Without a threshold, :meth:`Predictor.label_map`: memory does not
+        grow with classes x image size; with one, the argmax of the full (C, H, W) ``sem_seg`` beside
+        the ``unknown_score`` map."""
+        if self.unknown_threshold is None:
+            return self.predictor.label_map(image_bgr).to(torch.int64).cpu().numpy()
+        output = self.predictor(image_bgr)  # DefaultPredictor takes BGR (and converts for RGB models)
+        label_map = output["sem_seg"].argmax(dim=0).to(torch.int64).cpu().numpy()
+        label_map[output["unknown_score"].cpu().numpy() > self.unknown_threshold] = self.num_classes
+        return label_map
 
     def run_on_image(self, image_bgr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """image (H, W, 3) uint8 BGR (OpenCV) -> (label map (H, W) int64, visualisation RGB uint8,

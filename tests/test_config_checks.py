@@ -47,6 +47,9 @@ BAD_VALUES = [
     ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", 0, "must be an integer >= 1"),
     ("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 3, "must be an integer in [MODEL.SEM_SEG_HEAD.NUM_CLASSES (54), 65535]"),
     ("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 65536, "must be an integer in [MODEL.SEM_SEG_HEAD.NUM_CLASSES (54), 65535]"),
+    ("MODEL.SEM_SEG_HEAD.CLASS_NAMES", ["a", "b"], "must be MODEL.SEM_SEG_HEAD.NUM_CLASSES (54) strings, or empty"),
+    ("INPUT.HELD_OUT_CLASSES", -1, "must be an integer >= 0"),
+    ("TEST.UNKNOWN_SCORE", "entropy", "must be one of '', 'nearest_prototype', 'max_softmax', 'max_logit'"),
     ("MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0, 2.0], "must be MODEL.SEM_SEG_HEAD.NUM_CLASSES (54) numbers > 0, or empty"),
     ("MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", [1.0] * 53 + [0.0], "must be MODEL.SEM_SEG_HEAD.NUM_CLASSES (54) numbers > 0, "
                                                              "or empty"),
@@ -275,6 +278,7 @@ def test_choices_are_the_modules():
     from protoseg.modeling.backbones.dilated_resnet import STEM_TYPES
     from protoseg.modeling.backbones.hrnet import HRNET_WIDTHS
     from protoseg.modeling.backbones.mit import MIT_VARIANTS
+    from protoseg.modeling.unknown_score import UNKNOWN_SCORES
     from protoseg.solver import OPTIMIZERS
 
     modules = {
@@ -286,6 +290,7 @@ def test_choices_are_the_modules():
         "INPUT.SCALE_JITTER.MODE": SCALE_JITTER_MODES, "INPUT.PAD.POSITION": PAD_POSITIONS,
         "INPUT.PAD.IMAGE_VALUE": PAD_IMAGE_VALUES, "SOLVER.OPTIMIZER": OPTIMIZERS,
         "MODEL.RESNETS.STEM_TYPE": STEM_TYPES, "MODEL.HRNET.WIDTH": HRNET_WIDTHS, "MODEL.MIT.VARIANT": MIT_VARIANTS,
+        "TEST.UNKNOWN_SCORE": UNKNOWN_SCORES,
     }
     for key, choices in modules.items():
         assert KEYS[key].rule.choices == tuple(choices), key

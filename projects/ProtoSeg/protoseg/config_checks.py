@@ -181,9 +181,10 @@ class Matches(Rule):
 
     pattern: str
     meaning: str
+    plural_meaning: str = ""  # what a list of them is, in words (for Items)
 
-    def describe(self, cfg=None) -> str:
-        return self.meaning
+    def describe(self, cfg=None, plural: bool = False) -> str:
+        return self.plural_meaning if plural and self.plural_meaning else self.meaning
 
     def problem(self, value, cfg) -> Optional[str]:
         ok = isinstance(value, str) and re.fullmatch(self.pattern, value) is not None

@@ -1,4 +1,5 @@
-"""Configuration keys of the training data pipeline (``mapper.py``); applied by ``add_protoseg_config``.
+"""Configuration keys of the training data pipeline (``mapper.py``, ``transforms.py``) and of the
+model's vocabulary (``class_names.py``); applied by ``add_protoseg_config``.
 
 Training augmentation follows the paper (Sec. 5.1: "random scale jittering with a factor in
 [0.5, 2], random horizontal flipping, random cropping as well as random color jittering"),
@@ -9,7 +10,7 @@ reference code's recipe (openseg.pytorch's augmentations) is reached with ``SCAL
 "image_size" and ``ASPECT_RANGE``, ``BRIGHTNESS_JITTER`` and ``INPUT.PAD``
 (configs/cityscapes/reference_protoseg_hrnetv2_W48_bs8_80k.yaml).
 """
-from ..config_checks import Boolean, Integer, Items, Key, Number, OneOf, add_keys, declare
+from ..config_checks import Boolean, Integer, Items, Key, Matches, Number, OneOf, add_keys, declare
 from .transforms import PAD_IMAGE_VALUES, PAD_POSITIONS, SCALE_JITTER_MODES
 
 __all__ = ["KEYS", "add_data_config"]
@@ -55,6 +56,18 @@ KEYS = declare(__name__, [
     Key("INPUT.PAD.IMAGE_VALUE", "zero", OneOf(PAD_IMAGE_VALUES),
         "Image fill of that padding: \"zero\" (mmseg, pad_val=0) or \"pixel_mean\" (MODEL.PIXEL_MEAN rounded, "
         "i.e. ~0 after normalisation: the reference pads its normalised image tensor with 0)."),
+    # ---- the model's vocabulary (class_names.py) ----
+    Key("MODEL.SEM_SEG_HEAD.CLASS_NAMES", [],
+        Items(Matches(r"(?s).*\S.*", "a string", "strings"), length="MODEL.SEM_SEG_HEAD.NUM_CLASSES", or_empty=True),
+        "Names of the classes the model predicts, in id order (NUM_CLASSES of them); empty: the names of the "
+        "test (else training) dataset. Written by tools/add_class.py beside a model that predicts more "
+        "classes than its datasets name; the evaluator, its per-class table, the demo and the web page read "
+        "the names here."),
+    Key("INPUT.HELD_OUT_CLASSES", 0, Integer(ge=0),
+        "The last N class ids of the datasets are held out: their pixels are ignored in training and in "
+        "evaluation, and NUM_CLASSES counts the other classes (the dataset's count minus N). The last ids, "
+        "so that the others keep their ids and a held-out class added back with tools/add_class.py gets its "
+        "dataset id. 0: every class is learned."),
 ])
 
 

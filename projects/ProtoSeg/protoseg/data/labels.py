@@ -17,6 +17,7 @@ __all__ = [
     "reduce_zero_label",
     "check_label_values",
     "check_label_range",
+    "ignore_held_out",
 ]
 
 #: dataset-dict key: True when the label map stores "unlabelled" as 0 and class c as c + 1
@@ -94,3 +95,12 @@ def check_label_range(labels: np.ndarray, num_classes: int, ignore_value: int, s
     check (one ``np.unique``) runs only when some id is outside [0, num_classes) (e.g. ignore)."""
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         check_label_values(labels, num_classes, ignore_value, source)
+
+
+def ignore_held_out(labels: np.ndarray, num_classes: int, held_out: int, ignore_value: int) -> np.ndarray:
+    """(H, W) int64 ids -> the same array with the ``held_out`` ids after the ``num_classes`` learned
+    ones, [num_classes, num_classes + held_out), set to ``ignore_value`` (``INPUT.HELD_OUT_CLASSES``;
+    in place, returned)."""
+    if held_out > 0:
+        labels[(labels >= num_classes) & (labels < num_classes + held_out)] = ignore_value
+    return labels

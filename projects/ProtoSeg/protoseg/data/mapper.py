@@ -20,7 +20,7 @@ from detectron2.data import transforms as T
 from detectron2.data.detection_utils import SizeMismatchError
 
 from .image_io import ImageReadError, orientation_hint, read_image
-from .labels import REDUCE_ZERO_LABEL_KEY, check_label_range, read_label_map, reduce_zero_label
+from .labels import REDUCE_ZERO_LABEL_KEY, check_label_range, ignore_held_out, read_label_map, reduce_zero_label
 from .transforms import build_test_augmentation, build_train_augmentation
 
 __all__ = ["SemSegDatasetMapper", "ImageReadError"]
@@ -51,15 +51,19 @@ class SemSegDatasetMapper:
         num_classes: int,
         ignore_value: int,
         load_labels: bool = True,
+        held_out_classes: int = 0,
     ):
         """``load_labels`` False: test-time mapping without ``sem_seg`` (the evaluator reads and
-        checks the ground truth at full resolution itself, so the loader need not read it too)."""
+        checks the ground truth at full resolution itself, so the loader need not read it too).
+        ``held_out_classes`` (``INPUT.HELD_OUT_CLASSES``): the ids after the ``num_classes`` learned
+        ones that the labels may hold, mapped to ``ignore_value``."""
         self.is_train = is_train
         self.load_labels = load_labels or is_train
         self.augmentations = T.AugmentationList(list(augmentations))
         self.image_format = image_format
         self.num_classes = num_classes
         self.ignore_value = ignore_value
+        self.held_out_classes = held_out_classes
         mode = "training" if is_train else "inference"
         logger.info(f"[SemSegDatasetMapper] Augmentations used in {mode}: {list(augmentations)}")
 
@@ -72,6 +76,7 @@ class SemSegDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "held_out_classes": cfg.INPUT.HELD_OUT_CLASSES,
         }
 
     def read_image(self, file_name: str) -> np.ndarray:
@@ -92,8 +97,8 @@ class SemSegDatasetMapper:
                 f"label map {label_file} is {labels.shape[1]}x{labels.shape[0]} (WxH) but its image "
                 f"{image_file} is {image_shape[1]}x{image_shape[0]}{hint}"
             )
-        check_label_range(labels, self.num_classes, self.ignore_value, label_file)
-        return labels
+        check_label_range(labels, self.num_classes + self.held_out_classes, self.ignore_value, label_file)
+        return ignore_held_out(labels, self.num_classes, self.held_out_classes, self.ignore_value)
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)

@@ -8,7 +8,6 @@ from collections import OrderedDict
 from typing import Sequence
 
 from detectron2.data import (
-    MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -19,6 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import ProtoSegCheckpointer
+from ..data.class_names import model_class_names
 from ..data.mapper import SemSegDatasetMapper
 from ..evaluation import SemSegReportEvaluator, format_per_class_table
 from ..evaluation.report import format_summary_metrics
@@ -108,10 +108,14 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         """Detectron2's ``SemSegEvaluator`` metrics; its report (per-class IoU CSV and bar chart,
         confusion matrix, most confused pairs) goes to ``output_folder``, by default
-        ``<OUTPUT_DIR>/inference/<dataset_name>``."""
+        ``<OUTPUT_DIR>/inference/<dataset_name>``. The classes are the model's
+        (:func:`~protoseg.data.class_names.model_class_names`; the held-out ones ignored)."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return SemSegReportEvaluator(dataset_name, distributed=True, output_dir=None, report_dir=output_folder)
+        return SemSegReportEvaluator(
+            dataset_name, distributed=True, output_dir=None, report_dir=output_folder,
+            class_names=model_class_names(cfg, dataset_name), held_out_classes=cfg.INPUT.HELD_OUT_CLASSES,
+        )
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -205,7 +209,7 @@ class Trainer(DefaultTrainer):
             for name, res in per_dataset.items():
                 if "sem_seg" not in res:
                     continue
-                classes = MetadataCatalog.get(name).stuff_classes
+                classes = model_class_names(cfg, name)
                 logger.info("Per-class results on %s:\n%s", name, format_per_class_table(res["sem_seg"], classes))
                 logger.info("Results on %s: %s", name, format_summary_metrics(res["sem_seg"]))
         return results if isinstance(results, OrderedDict) else OrderedDict(results)

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from collections import Counter, OrderedDict
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from ..data.labels import LabelMapError, read_label_map, reduce_zero_label
+from ..data.class_names import check_names_agree
+from ..data.labels import LabelMapError, ignore_held_out, read_label_map, reduce_zero_label
 from ..data.labels import REDUCE_ZERO_LABEL_KEY, check_label_range
 from .report import (
     confused_pairs,
@@ -74,6 +75,11 @@ class SemSegReportEvaluator(SemSegEvaluator):
     main) also has boundary IoU (``BoundaryIoU-<class>``, ``min(IoU, B-Iou)-<class>``) from a
     second confusion matrix of the maps' boundaries: :meth:`process` fills it as main's does, and
     :meth:`evaluate` reports it, whenever the base class has it.
+
+    ``class_names`` (:func:`~protoseg.data.class_names.model_class_names`) are the classes of the
+    model when they are not the dataset's: more (a class added with tools/add_class.py, absent
+    from or named by the dataset) or fewer (``held_out_classes``, the dataset's last ids, whose
+    pixels are ignored). Where both name an id, the names must agree.
     """
 
     def __init__(
@@ -84,8 +90,15 @@ class SemSegReportEvaluator(SemSegEvaluator):
         *,
         report_dir: Optional[str] = None,
         top_confusions: int = 20,
+        class_names: Optional[Sequence[str]] = None,
+        held_out_classes: int = 0,
     ):
         super().__init__(dataset_name, distributed=distributed, output_dir=output_dir)
+        if class_names is not None:
+            check_names_agree(class_names, dataset_name)
+            self._class_names = list(class_names)
+            self._num_classes = len(self._class_names)
+        self._held_out_classes = held_out_classes
         self._reduce_zero_label = {
             record["file_name"]: bool(record.get(REDUCE_ZERO_LABEL_KEY, False))
             for record in DatasetCatalog.get(dataset_name)
@@ -102,7 +115,8 @@ class SemSegReportEvaluator(SemSegEvaluator):
         gt = read_label_map(gt_file)
         if self._reduce_zero_label.get(file_name, False):
             gt = reduce_zero_label(gt, self._ignore_label)
-        check_label_range(gt, self._num_classes, self._ignore_label, gt_file)
+        check_label_range(gt, self._num_classes + self._held_out_classes, self._ignore_label, gt_file)
+        gt = ignore_held_out(gt, self._num_classes, self._held_out_classes, self._ignore_label)
         gt[gt == self._ignore_label] = self._num_classes
         return gt
 

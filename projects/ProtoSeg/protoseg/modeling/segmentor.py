@@ -16,6 +16,7 @@ from detectron2.structures import ImageList
 
 from ..config_checks import check_config
 from .heads.base import DecoderClassifierHead
+from .unknown_score import UNKNOWN_SCORES, logit_unknown_score
 
 __all__ = ["ProtoSegSemanticSegmentor", "sliding_windows", "upsampled_argmax", "upsampled_scores", "LABEL_CHUNK_BYTES"]
 
@@ -129,7 +130,8 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
     Output, as Detectron2's: ``[{"sem_seg": (C, height, width)}]`` with ``height``/``width`` of the
     input dict (the original image size; default: the image tensor's), logits without TTA,
     probabilities with TTA; the resize to that size goes a chunk of classes at a time
-    (:func:`upsampled_scores`). :meth:`predict_labels` gives only their argmax, without the
+    (:func:`upsampled_scores`); with ``unknown_score`` also ``"unknown_score"``: (height, width)
+    (:mod:`.unknown_score`). :meth:`predict_labels` gives only the argmax, without the
     (C, height, width) tensor (the demo and the web page).
     """
 
@@ -145,6 +147,7 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         test_max_size: int = 4000,
         test_flip: bool = False,
         label_chunk_bytes: int = LABEL_CHUNK_BYTES,
+        unknown_score: str = "",
         **kwargs,
     ):
         """
@@ -157,6 +160,7 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
             test_flip: TTA with the horizontal flip of every scale.
             label_chunk_bytes: :meth:`predict_labels` resizes the class scores to the output size
                 in chunks of classes of at most this many bytes (:func:`upsampled_argmax`).
+            unknown_score: ``TEST.UNKNOWN_SCORE``, one of ``UNKNOWN_SCORES`` ("" none).
             kwargs: ``SemanticSegmentor``'s (backbone, sem_seg_head, pixel_mean, pixel_std).
         """
         super().__init__(**kwargs)
@@ -175,6 +179,8 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         self.test_max_size = test_max_size
         self.test_flip = test_flip
         self.label_chunk_bytes = label_chunk_bytes
+        self.unknown_score = unknown_score
+        self._check_unknown_score()
         logger.info("Test protocol: %s", self.test_protocol)
 
     @classmethod
@@ -190,6 +196,7 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
             test_min_sizes=tuple(aug.MIN_SIZES) if aug.ENABLED else (),
             test_max_size=aug.MAX_SIZE,
             test_flip=aug.ENABLED and aug.FLIP,
+            unknown_score=cfg.TEST.UNKNOWN_SCORE,
         )
         return ret
 
@@ -214,6 +221,15 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
     def forward(self, batched_inputs: List[Dict]):
         if self.training:
             return super().forward(batched_inputs)
+        if self.unknown_score == "nearest_prototype":
+            return self.nearest_prototype_inference(batched_inputs)
+        outputs = self.closed_set_inference(batched_inputs)
+        for output in outputs if self.unknown_score else ():
+            output["unknown_score"] = logit_unknown_score(output["sem_seg"], self.unknown_score)
+        return outputs
+
+    def closed_set_inference(self, batched_inputs: List[Dict]) -> List[Dict]:
+        """``[{"sem_seg": (C, height, width)}]`` by the test protocol (whole, slide, TTA)."""
         if self.sliding_window or self.uses_tta:
             return [{"sem_seg": self.inference_one(x)} for x in batched_inputs]
         return [{"sem_seg": upsampled_scores(scores, resize, self.label_chunk_bytes)}
@@ -262,6 +278,36 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         size = tuple(image.shape[-2:])
         out_size = (batched_input.get("height", size[0]), batched_input.get("width", size[1]))
         return self.predict_logits(image), partial(_postprocess, None, size, out_size)
+
+    def _check_unknown_score(self) -> None:
+        """ValueError naming TEST.UNKNOWN_SCORE when the score does not fit the head or protocol."""
+        if self.unknown_score not in UNKNOWN_SCORES:
+            raise ValueError(f"TEST.UNKNOWN_SCORE must be one of {UNKNOWN_SCORES}, got {self.unknown_score!r}")
+        if self.unknown_score and self.uses_tta:
+            raise ValueError(f"TEST.UNKNOWN_SCORE {self.unknown_score!r} is computed from one pass's logits; "
+                             f"TTA (TEST.AUG.ENABLED) averages probabilities: switch one of them off")
+        if self.unknown_score != "nearest_prototype":
+            return
+        memory = getattr(self.sem_seg_head, "memory", None)
+        if memory is None or not memory.normalized:
+            raise ValueError("TEST.UNKNOWN_SCORE 'nearest_prototype' needs a ProtoSeg head with the cosine "
+                             "distance (MODEL.PROTOSEG.DISTANCE cosine); use 'max_softmax' or 'max_logit' otherwise")
+        if self.sliding_window:
+            raise ValueError("TEST.UNKNOWN_SCORE 'nearest_prototype' is computed on the whole image: "
+                             "set TEST.SLIDING_WINDOW.ENABLED False")
+
+    def nearest_prototype_inference(self, batched_inputs: List[Dict]) -> List[Dict]:
+        """Whole-image inference with ``"unknown_score"`` 1 - max_c max_k cos(x, p_ck) (height,
+        width): the head's "nearest_similarity" map, upsampled, cropped and resized as the logits."""
+        images = [self._normalize(x["image"].to(self.device).float()) for x in batched_inputs]
+        batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        logits, maps = self.sem_seg_head(self.backbone(batch.tensor), None, batch.tensor.shape[-2:], with_maps=True)
+        outputs = []
+        for scores, nearest, size, x in zip(logits, maps["nearest_similarity"], batch.image_sizes, batched_inputs):
+            out_size = (x.get("height", size[0]), x.get("width", size[1]))
+            outputs.append({"sem_seg": sem_seg_postprocess(scores, size, *out_size),
+                            "unknown_score": 1.0 - sem_seg_postprocess(nearest, size, *out_size)[0]})
+        return outputs
 
     def inference_one(self, batched_input: Dict) -> torch.Tensor:
         """One input dict ("image": (3, H, W), optional "height"/"width") -> (C, height, width)."""

@@ -69,9 +69,21 @@ class DecoderClassifierHead(nn.Module):
         hooks read statistics from and check across processes."""
         return []
 
+    def pixel_embeddings(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Backbone features -> (B, D, h, w): the vectors the classifier reads, at the decoder's
+        stride (here the decoder's output; the prototype head's after its projection and
+        normalisation). For adding a class from examples (``protoseg/new_class.py``)."""
+        return self.decoder(features)
+
     def class_scores(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) embedding -> (B, C, h, w) class scores (logits at the decoder's stride)."""
         raise NotImplementedError
+
+    def inference_scores(self, embedding: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Inference with maps beside the class scores: (B, D, h, w) embedding -> ((B, C, h, w)
+        class scores, named (B, 1, h, w) maps at the same stride). Here none; the prototype head
+        gives "nearest_similarity" (the unknown score ``nearest_prototype``)."""
+        return self.class_scores(embedding), {}
 
     def training_scores(
         self, embedding: torch.Tensor, targets: torch.Tensor
@@ -96,6 +108,7 @@ class DecoderClassifierHead(nn.Module):
         features: Dict[str, torch.Tensor],
         targets: Optional[torch.Tensor] = None,
         image_size: Optional[Tuple[int, int]] = None,
+        with_maps: bool = False,
     ):
         """
         Args:
@@ -104,8 +117,14 @@ class DecoderClassifierHead(nn.Module):
                 unlabelled.
             image_size: (H, W) of the input batch, the size of the logits at inference (default:
                 the decoder's stride times the scores' size).
+            with_maps: inference: return the maps of :meth:`inference_scores`, upsampled as the
+                logits, as the second value (else {}).
         """
         embedding = self.decoder(features)
+        if not self.training and with_maps:
+            scores, maps = self.inference_scores(embedding)
+            return self.upsample_to_input(scores, image_size), {k: self.upsample_to_input(v, image_size)
+                                                                for k, v in maps.items()}
         if not self.training:
             return self.upsample_to_input(self.class_scores(embedding), image_size), {}
         if targets is None:

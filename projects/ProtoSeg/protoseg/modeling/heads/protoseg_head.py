@@ -161,6 +161,14 @@ class ProtoSegHead(DecoderClassifierHead):
         logits = self.normalize_scores(self.memory.nearest_class_scores(self.embed(embedding)))
         return self._score_map(logits, b, h, w)
 
+    def inference_scores(self, embedding: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Class scores and "nearest_similarity" (B, 1, h, w): max_c max_k similarity of each pixel
+        to the prototypes, before the class-score normalisation (from one similarity pass)."""
+        b, _, h, w = embedding.shape
+        similarities = self.memory.nearest_class_scores(self.embed(embedding))  # (N, C)
+        nearest = similarities.amax(dim=1).view(b, 1, h, w)
+        return self._score_map(self.normalize_scores(similarities), b, h, w), {"nearest_similarity": nearest}
+
     def training_scores(
         self, embedding: torch.Tensor, targets: torch.Tensor
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
