@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """A web page to look at a model: upload or pick an image, see the prediction drawn with the class
 names (the drawing of demo/demo.py), and, for a ProtoSeg model, which of a class's K prototypes each
-of its pixels is closest to and the similarity map of one prototype (the pictures of
-tools/visualize_prototypes.py). Runs on the CPU; needs the [web] extra (pip install -e '.[web]').
+of its pixels is closest to, the similarity map of one prototype (the pictures of
+tools/visualize_prototypes.py), and every pixel's unknown score: its distance to the nearest
+prototype of any class (``TEST.UNKNOWN_SCORE nearest_prototype``, docs/OPEN_WORLD.md). Runs on the CPU; needs the [web] extra (pip install -e '.[web]').
 
     python demo/web.py --config-file configs/toy/protoseg_r18-d8_fcn_toy.yaml \\
         --opts MODEL.WEIGHTS output/toy/protoseg_r18-d8_fcn/model_final.pth
@@ -159,6 +160,12 @@ class Session:
         output = self.explorer.embed(image if self.cfg.INPUT.FORMAT == "RGB" else image_bgr)
         return overlay, (image, output), self.explorer.class_choices(output.prediction)
 
+    def unknown_view(self, state):
+        """(picture, caption) of the image's unknown score (ProtoSeg models; (None, "") without an image)."""
+        if state is None or self.explorer is None:
+            return None, ""
+        return self.explorer.unknown_image(state[1])
+
     def prototype_views(self, state, class_id, prototype=None):
         if state is None or self.explorer is None or class_id is None:
             return None
@@ -250,16 +257,21 @@ def build_app(session: Session, examples):
 
             image.change(on_image, inputs=[image], outputs=[overlay, state, note], preprocess=False)
             return app
+        with gr.Row():
+            unknown = gr.Image(format="png", label="unknown score", interactive=False, elem_id="unknown")
+            unknown_caption = gr.Markdown(elem_id="unknown-caption")
         class_box, pictures = prototype_panel(gr, explorer.num_prototypes)
 
         def on_image(payload):
             overlay_rgb, new_state, choices, note_text = analyse_upload(gr, session, payload)
             first = choices[0][1] if choices else None
-            return [overlay_rgb, new_state, note_text, gr.update(choices=choices, value=first)] + views_update(
+            unknown_rgb, unknown_text = shown_errors(gr, session.unknown_view)(new_state)
+            return [overlay_rgb, new_state, note_text, unknown_rgb, unknown_text,
+                    gr.update(choices=choices, value=first)] + views_update(
                 gr, shown_errors(gr, session.prototype_views)(new_state, first))
 
-        image.change(on_image, inputs=[image], outputs=[overlay, state, note, class_box] + pictures,
-                     preprocess=False)
+        image.change(on_image, inputs=[image], outputs=[overlay, state, note, unknown, unknown_caption, class_box]
+                     + pictures, preprocess=False)
 
         def on_choice(s, c, k=None):
             if s is None and c is not None:

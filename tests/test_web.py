@@ -177,6 +177,9 @@ def test_large_upload_is_downscaled_with_a_note_and_its_state_is_small_and_dropp
     result = client.predict(handle_file(str(path)), api_name="/on_image")
     overlay_path, note = result[0], result[1]
     assert "400x300" in note and "163x122" in note and "--max-pixels" in note
+    unknown_path, unknown_caption = result[2], result[3]  # the unknown-score picture and its caption
+    u_width, u_height = Image.open(unknown_path).size  # the analysed 163x122, enlarged 5x as the similarity picture
+    assert (u_width, u_height) == (5 * 163, 5 * 122) and "unknown score" in unknown_caption
     width, height = Image.open(overlay_path).size  # drawn enlarged, as the demo draws
     assert min(width, height) >= 511 and abs(width / height - 163 / 122) < 0.01
     (image, output), = [v for v in app.state_holder[client.session_hash].state_data.values() if v is not None]
@@ -200,3 +203,33 @@ def test_an_upload_that_is_no_image_gets_a_message(small_page, tmp_path):
     path.write_text("not an image")
     with pytest.raises(Exception, match=r"notes\.txt: not an image this page can read"):
         Client(url, verbose=False).predict(handle_file(str(path)), api_name="/on_image")
+
+
+def test_unknown_score_picture_is_the_models_unknown_score(tmp_path):
+    """The page's unknown-score picture shows the model's own ``unknown_score`` output
+    (TEST.UNKNOWN_SCORE nearest_prototype): 1 - max_c max_k cos(x, p_ck), from the session's
+    embeddings at the decoder's stride, on the colour scale 0..1."""
+    import torch
+
+    from protoseg.visualization.explorer import unknown_score_map
+
+    cfg = web.setup_cfg(web.get_parser().parse_args([
+        "--config-file", str(TOY_CONFIGS / "protoseg_r18-d8_fcn_toy.yaml"), "--allow-random-weights",
+        "--opts", "DATASETS.TEST", "('toy_test_val',)"]))
+    session = web.Session(cfg, alpha=0.6)
+    rgb = np.random.RandomState(0).randint(0, 256, (128, 128, 3), dtype=np.uint8)  # the toy test size
+    Image.fromarray(rgb).save(tmp_path / "scene.png")
+    _, state, _ = session.analyse(str(tmp_path / "scene.png"))
+    picture, caption = session.unknown_view(state)
+    assert picture.shape[2] == 3 and picture.shape[0] == picture.shape[1] >= 128 and "unknown score" in caption
+
+    model = session.explorer.model
+    image = rgb[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else rgb
+    model.unknown_score = "nearest_prototype"
+    with torch.no_grad():
+        expected = model([{"image": torch.as_tensor(image.transpose(2, 0, 1).copy()), "height": 128, "width": 128}])
+    score = unknown_score_map(state[1], session.explorer.memory)
+    np.testing.assert_allclose(score, expected[0]["unknown_score"].numpy(), atol=1e-5)
+    assert 0.0 <= score.min() and score.max() <= 2.0
+    assert web.Session.unknown_view(session, None) == (None, "")
+

@@ -14,8 +14,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from .inference import EmbeddingOutput, embed_image, prototype_memory  # noqa: E402
+from .inference import EmbeddingOutput, embed_image, prototype_memory, upsample_to_image  # noqa: E402
 from .prototype_maps import (  # noqa: E402
     ClassPrototypeMaps,
     compute_class_maps,
@@ -23,7 +24,7 @@ from .prototype_maps import (  # noqa: E402
     plot_similarity_heatmaps,
 )
 
-__all__ = ["PrototypeViews", "PrototypeExplorer", "figure_to_array", "similarity_image"]
+__all__ = ["PrototypeViews", "PrototypeExplorer", "figure_to_array", "similarity_image", "unknown_score_map"]
 
 
 def figure_to_array(fig) -> np.ndarray:
@@ -45,6 +46,20 @@ def similarity_image(maps: ClassPrototypeMaps, prototype: int, value_range: Tupl
     rgb = np.round(matplotlib.colormaps[cmap](t)[:, :, :3] * 255).astype(np.uint8)
     scale = max(1, -(-min_size // min(rgb.shape[:2])))
     return rgb.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else rgb
+
+
+def unknown_score_map(output: EmbeddingOutput, memory) -> np.ndarray:
+    """(H, W) float32: every pixel's distance to its nearest prototype of any class, the model's
+    ``TEST.UNKNOWN_SCORE`` "nearest_prototype" (1 - max_c max_k cos(x, p_ck) for the cosine
+    distance; minus the largest similarity for the others), from the embeddings at the decoder's
+    stride (N = h*w pixels, the memory's chunks of them at a time) upsampled to the image as the
+    model upsamples its scores."""
+    d, h, w = output.embeddings.shape
+    flat = output.embeddings.permute(1, 2, 0).reshape(-1, d).to(memory.prototypes.device)
+    with torch.no_grad():
+        nearest = memory.nearest_class_scores(flat).amax(dim=1).float().cpu().reshape(1, h, w)  # (1, h, w)
+    similarity = upsample_to_image(nearest, output.info)[0]
+    return ((1.0 - similarity) if memory.normalized else -similarity).numpy()
 
 
 @dataclass
@@ -100,6 +115,22 @@ class PrototypeExplorer:
         counts = np.bincount(prediction.ravel(), minlength=len(self.class_names))[: len(self.class_names)]
         order = sorted(range(len(self.class_names)), key=lambda c: (-counts[c], c))
         return [(f"{self.class_names[c]} ({counts[c]} px)" if counts[c] else self.class_names[c], c) for c in order]
+
+    def unknown_image(self, output: EmbeddingOutput, cmap: str = "magma") -> Tuple[np.ndarray, str]:
+        """(s*H, s*W, 3) uint8 picture of :func:`unknown_score_map` (enlarged as the similarity
+        picture) and its caption. Cosine: one colour scale for every image, 0 (dark: on a
+        prototype) to 1 (bright: orthogonal to every prototype, or further); other distances: the
+        image's own range."""
+        score = unknown_score_map(output, self.memory)
+        lo, hi = (0.0, 1.0) if self.memory.normalized else (float(score.min()), float(score.max()))
+        t = np.clip((score - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+        rgb = np.round(matplotlib.colormaps[cmap](t)[:, :, :3] * 255).astype(np.uint8)
+        scale = max(1, -(-self.min_size // min(rgb.shape[:2])))
+        rgb = rgb.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else rgb
+        caption = (f"unknown score (distance to the nearest prototype of any class): {score.min():.2f} .. "
+                   f"{score.max():.2f} on this image, colour scale {lo:.2f} (dark) .. {hi:.2f} (bright); "
+                   f"high = unlike every known class (docs/OPEN_WORLD.md)")
+        return rgb, caption
 
     def views(self, image_rgb: np.ndarray, output: EmbeddingOutput, class_id: int,
               prototype: Optional[int] = None) -> Tuple[PrototypeViews, int]:
