@@ -1,5 +1,6 @@
 """Checkpoint I/O: the checkpointer (atomic writes, every key checked, safe reading of ``.pth`` and
 ``.pkl`` weights) and the restricted unpickler it reads ``.pkl`` files with."""
+from . import checkpointer
 from .checkpointer import (
     TRUST_PICKLE_ENV,
     CheckpointMismatchError,
@@ -10,12 +11,4 @@ from .checkpointer import (
     load_pickled_weights,
 )
 
-__all__ = [
-    "ProtoSegCheckpointer",
-    "CheckpointMismatchError",
-    "CorruptCheckpointError",
-    "DiskFullError",
-    "UnsafeCheckpointError",
-    "load_pickled_weights",
-    "TRUST_PICKLE_ENV",
-]
+__all__ = list(checkpointer.__all__)
