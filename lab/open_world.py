@@ -47,7 +47,6 @@ from studies import (  # lab/studies.py
     parametric,
     plan_runs,
     run_study,
-    toy_dataset,
 )
 
 from protoseg.config import load_config
