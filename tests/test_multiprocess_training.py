@@ -23,6 +23,18 @@ from conftest import REPO, run_in_processes
 WORLD = 2
 
 
+class ModelWithMemory(torch.nn.Module):
+    """What the trainer's hooks read of a model: its prototype memories, offered as
+    ``ProtoSegSemanticSegmentor.prototype_memories()`` offers them."""
+
+    def __init__(self, memory):
+        super().__init__()
+        self.memory = memory
+
+    def prototype_memories(self):
+        return [self.memory]
+
+
 def _sync_check_worker(rank, world, port, perturb, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -33,7 +45,7 @@ def _sync_check_worker(rank, world, port, perturb, out_dir):
             p = memory.prototypes
             p[1, 0, 2] = torch.nextafter(p[1, 0, 2], torch.tensor(2.0))
         hook = PrototypeSyncCheckHook(period=1)
-        hook.trainer = SimpleNamespace(iter=6, max_iter=100, model=torch.nn.Sequential(memory))
+        hook.trainer = SimpleNamespace(iter=6, max_iter=100, model=ModelWithMemory(memory))
         try:
             hook.after_step()
             outcome = "ok"
