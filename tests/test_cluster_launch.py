@@ -2,10 +2,14 @@
 each process is one rank of one 2-process run (the log says so, one output folder, prototypes
 bit-identical on both ranks at every iteration) that trains exactly as ``--num-gpus 2`` does; process
 counts that contradict torchrun's environment are refused; a requeued job resumes."""
+import json
 import os
 import pickle
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -140,6 +144,34 @@ def test_submitit_tasks_agree_on_the_rendezvous():
     assert tasks[5]["LOCAL_RANK"] == "1" and tasks[5]["LOCAL_WORLD_SIZE"] == "4"
     env = torchrun_environment(tasks[5])
     assert (env.machine_rank, env.num_machines, env.master_port) == (1, 2, 22423)
+
+
+def test_preempted_local_job_is_requeued_and_resumes_from_its_last_checkpoint(env, tmp_path):
+    """SIGUSR2 (SLURM's and submitit's warning before a time limit or a preemption) to rank 0: the
+    job checkpoints (the same run with --resume), is requeued and finishes the schedule."""
+    out = tmp_path / "job"
+    cmd = [sys.executable, str(REPO / "train_net.py"), "--submit", "local", "--num-gpus", "2", "--config-file", CONFIG,
+           *TINY, "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "5", "OUTPUT_DIR", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "model_0000004.pth").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rank0 = json.loads((out / ".protoseg_run.lock").read_text())["pid"]  # the lock names rank 0
+        os.kill(rank0, signal.SIGUSR2)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    job_log = next((out / "submitit").glob("*_0_log.out")).read_text()
+    assert "this job is preempted" in job_log and "Requeued job" in job_log
+    log = (out / "log.txt").read_text()
+    assert log.count("Device: cpu, 1 thread (no CUDA device); process 0 of 2") == 2  # two starts of rank 0
+    resumed = re.search(r"Loading trainer from \S+model_(\d+)\.pth", log)
+    assert resumed and int(resumed.group(1)) >= 4
+    assert "iter: 39  prototypes bit-identical on all 2 processes" in log
+    assert "taken over" not in log  # the preempted rank 0 released the folder's lock
+    assert (out / "model_final.pth").is_file() and not (out / ".protoseg_run.lock").exists()
 
 
 def test_requeued_job_resumes_the_same_run():
