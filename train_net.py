@@ -200,10 +200,6 @@ def submit(args) -> int:
     """Queue the run as a submitit job (``args.submit``: "slurm" or "local"); "local" waits for
     it. Returns the exit status: 0 once queued (slurm) or finished (local), 1 if the local job
     failed (its error and its log files are printed)."""
-    try:
-        import submitit
-    except ImportError:
-        raise SystemExit("--submit needs submitit: pip install 'protoseg-d2[slurm]' (or pip install submitit)")
     from protoseg.config import load_config
 
     if args.machine_rank != 0 or args.dist_url != get_parser().get_default("dist_url"):
@@ -213,13 +209,7 @@ def submit(args) -> int:
         raise SystemExit(f"--submit local runs on this machine: --num-machines must be 1, not {args.num_machines}")
     cfg = load_config(args.config_file, args.opts)  # a config error now, not once the job runs
     job_dir = args.job_dir or os.path.join(cfg.OUTPUT_DIR, "submitit")
-    executor = submitit.AutoExecutor(folder=job_dir, cluster=args.submit)
-    executor.update_parameters(
-        name="protoseg", nodes=args.num_machines, tasks_per_node=args.num_gpus, cpus_per_task=args.cpus_per_task,
-        gpus_per_node=0 if cfg.MODEL.DEVICE == "cpu" else args.num_gpus, timeout_min=args.timeout_min,
-        **({"slurm_partition": args.partition} if args.partition else {}),
-    )
-    job = executor.submit(JobTask(args))
+    job = job_executor(args, job_dir, gpus=cfg.MODEL.DEVICE != "cpu").submit(JobTask(args))
     print(f"submitted job {job.job_id} ({args.submit}, {args.num_machines} x {args.num_gpus} tasks); "
           f"job folder {job_dir}, output {cfg.OUTPUT_DIR}", flush=True)
     if args.submit == "slurm":
@@ -230,6 +220,22 @@ def submit(args) -> int:
         return 0
     print(f"job {job.job_id} failed: {error}\nlogs: {job.paths.stdout}, {job.paths.stderr}", file=sys.stderr)
     return 1
+
+
+def job_executor(args, job_dir: str, gpus: bool):
+    """submitit's executor of ``args.submit`` for a job of --num-machines nodes x --num-gpus tasks
+    (and as many GPUs per node if ``gpus``), its files in ``job_dir``."""
+    try:
+        import submitit
+    except ImportError:
+        raise SystemExit("--submit needs submitit: pip install 'protoseg-d2[slurm]' (or pip install submitit)")
+    executor = submitit.AutoExecutor(folder=job_dir, cluster=args.submit)
+    executor.update_parameters(
+        name="protoseg", nodes=args.num_machines, tasks_per_node=args.num_gpus, cpus_per_task=args.cpus_per_task,
+        gpus_per_node=args.num_gpus if gpus else 0, timeout_min=args.timeout_min,
+        **({"slurm_partition": args.partition} if args.partition else {}),
+    )
+    return executor
 
 
 if __name__ == "__main__":

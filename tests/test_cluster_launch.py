@@ -93,6 +93,17 @@ def test_submit_local_job_reports_a_failed_run(env, tmp_path):
     assert "failed" in proc.stderr and "no_such_dataset" in proc.stderr and "_log.err" in proc.stderr
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--dist-url", "auto"], "--machine-rank and --dist-url are not for --submit"),
+    (["--num-machines", "2"], "--submit local runs on this machine: --num-machines must be 1, not 2"),
+])
+def test_submit_refuses_options_the_job_decides(env, tmp_path, options, message):
+    proc = run([sys.executable, str(REPO / "train_net.py"), "--submit", "local", *options, "--config-file", CONFIG,
+                "OUTPUT_DIR", str(tmp_path)], env, expect_ok=False)
+    assert proc.returncode == 1 and message in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing queued
+
+
 def torchrun_vars(rank=0, world=2, local_rank=0, local_world=2):
     return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank),
             "LOCAL_WORLD_SIZE": str(local_world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}

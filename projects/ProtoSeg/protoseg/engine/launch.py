@@ -51,6 +51,7 @@ __all__ = [
     "export_submitit_environment",
     "find_free_port",
     "broadcast_buffers",
+    "submitit_variables",
     "TorchrunEnvironment",
     "torchrun_environment",
 ]
@@ -131,17 +132,16 @@ def launch(
 ):
     """Run ``main_func(*args)`` in ``num_processes_per_machine`` processes on each of
     ``num_machines`` machines (Detectron2's ``launch`` semantics; ``dist_url`` "auto" picks a free
-    local port for one machine). GPUs: Detectron2's launch
-    (NCCL). No CUDA: gloo processes, each with ``cpu_count // num_processes_per_machine``
-    intra-op threads.
+    local port for one machine). GPUs: Detectron2's launch (NCCL). No CUDA: gloo processes, each
+    with ``cpu_count // num_processes_per_machine`` intra-op threads.
 
     Under torchrun (:func:`torchrun_environment`) this process is one rank of the run that
     torchrun started: it joins the group from the environment and runs ``main_func`` here. The
     process counts given must then be left at their defaults (1, 1, 0) or agree with the
     environment (ValueError otherwise); a ``dist_url`` other than Detectron2's default is not
-    used (a warning names the one used). With ``exit_when_done`` a multi-process rank leaves with ``os._exit(0)`` once every
-    rank is done (see :func:`_exit_cleanly`); otherwise it returns ``main_func``'s result (a
-    submitit task, whose result submitit writes after the return)."""
+    used (a warning names the one used). With ``exit_when_done`` a rank of several leaves with
+    ``os._exit(0)`` once every rank is done (see :func:`_exit_cleanly`); otherwise it returns
+    ``main_func``'s result (a submitit task, whose result submitit writes after the return)."""
     env = torchrun_environment()
     if env is not None:
         check_launch_arguments(env, num_processes_per_machine, num_machines, machine_rank, dist_url)
