@@ -36,5 +36,7 @@ setup(
         "export": ["onnx", "onnxruntime", "onnxscript"],
         # demo/web.py, the web page
         "web": ["gradio>=6,<7"],
+        # train_net.py --submit slurm|local: the run as a SLURM job (or a local one) through submitit
+        "slurm": ["submitit"],
     },
 )

@@ -11,6 +11,19 @@
     python train_net.py --config-file CONFIG --num-gpus 2 MODEL.DEVICE cpu   # no GPU: 2 gloo processes
     python train_net.py --config-file CONFIG --num-gpus 8 --num-machines 2 --machine-rank 0 \
         --dist-url tcp://HOST:PORT                                 # and --machine-rank 1 on the other
+    torchrun --nproc-per-node 8 train_net.py --config-file CONFIG  # torchrun starts the processes
+    python train_net.py --config-file CONFIG --submit slurm --num-machines 2 --num-gpus 8 \
+        --partition PARTITION --timeout-min 1440                   # a SLURM job (submitit), 16 GPUs
+
+Under torchrun (python -m torch.distributed.run; one machine or several with --nnodes and a
+rendezvous) each process it starts is one rank: ranks and rendezvous come from its environment,
+and --num-gpus / --num-machines / --machine-rank, if given, must agree with it (--dist-url is not
+used). --submit slurm queues the run as a SLURM job through submitit (pip install
+"protoseg-d2[slurm]"): --num-machines nodes with --num-gpus tasks (and GPUs, unless MODEL.DEVICE
+is cpu) each, one rank per task, the job's files (its logs, stdout/stderr of every task) in
+--job-dir; a job stopped by its time limit or preempted is requeued and continues from its last
+checkpoint (--resume). --submit local runs the same job on this machine (submitit's local
+executor) and waits for it.
 
 An OUTPUT_DIR belongs to one run at a time (training or --eval-only): the run locks it
 (OUTPUT_DIR/.protoseg_run.lock, naming host, pid, start and command) before writing into it and
@@ -57,7 +70,8 @@ def get_parser():
     port = 2 ** 15 + 2 ** 14 + hash(os.getuid() if sys.platform != "win32" else 1) % 2 ** 14
     parser.add_argument(
         "--dist-url", default=f"tcp://127.0.0.1:{port}",
-        help="URL of the process group's rendezvous (machine 0's tcp://HOST:PORT); 'auto' picks a free port",
+        help="URL of the process group's rendezvous (machine 0's tcp://HOST:PORT); 'auto' picks a free port. "
+             "Not used under torchrun or --submit",
     )
     parser.add_argument(
         "--allow-random-weights", action="store_true",
@@ -75,11 +89,39 @@ def get_parser():
     parser.add_argument(
         "--print-model", action="store_true", help="log the model's modules, not only its size",
     )
+    add_submit_arguments(parser)
     parser.add_argument(
         "opts", default=None, nargs=argparse.REMAINDER,
         help="config overrides at the end of the command: space-separated KEY VALUE pairs",
     )
     return parser
+
+
+def add_submit_arguments(parser):
+    """The options of a submitit job (``--submit``); its size is --num-machines x --num-gpus."""
+    group = parser.add_argument_group(
+        "cluster job (submitit)",
+        "with --submit, the run is a job of --num-machines nodes x --num-gpus tasks, one rank per task",
+    )
+    group.add_argument(
+        "--submit", choices=("slurm", "local"), default=None,
+        help="queue the run as a SLURM job (slurm), or run it as such a job on this machine and wait for "
+             "it (local); needs submitit (pip install 'protoseg-d2[slurm]')",
+    )
+    group.add_argument(
+        "--job-dir", default=None, metavar="DIR",
+        help="the job's folder (submitit's pickles, each task's stdout/stderr); default OUTPUT_DIR/submitit",
+    )
+    group.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")
+    group.add_argument(
+        "--timeout-min", type=int, default=24 * 60, metavar="MINUTES",
+        help="the job's time limit; when it is reached the job is requeued and continues from its last "
+             "checkpoint (default: %(default)s)",
+    )
+    group.add_argument(
+        "--cpus-per-task", type=int, default=8,
+        help="CPU cores of each task (its DataLoader workers; default: %(default)s)",
+    )
 
 
 @contextmanager
@@ -129,8 +171,77 @@ def launch(*args, **kwargs):
     return protoseg_launch(*args, **kwargs)
 
 
+class JobTask:
+    """What each task of a submitit job runs: torchrun's variables from the task's
+    ``submitit.JobEnvironment``, then :func:`launch`'s torchrun path (this task is one rank) with
+    :func:`main`. Defined here, submitit pickles it with :func:`main` and :func:`setup` by value.
+
+    On the job's time limit or preemption submitit calls :meth:`checkpoint` and requeues the job
+    with what it returns: the same run with ``--resume``, which continues from OUTPUT_DIR's last
+    checkpoint."""
+
+    def __init__(self, args):
+        self.args = args
+
+    def __call__(self):
+        from protoseg.engine.launch import export_submitit_environment
+
+        export_submitit_environment()
+        # processes: the job's; the result is returned for submitit to write
+        return launch(main, 1, args=(self.args,), exit_when_done=False)
+
+    def checkpoint(self, *unused):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(JobTask(argparse.Namespace(**{**vars(self.args), "resume": True})))
+
+
+def submit(args) -> int:
+    """Queue the run as a submitit job (``args.submit``: "slurm" or "local"); "local" waits for
+    it. Returns the exit status: 0 once queued (slurm) or finished (local), 1 if the local job
+    failed (its error and its log files are printed)."""
+    from protoseg.config import load_config
+
+    if args.machine_rank != 0 or args.dist_url != get_parser().get_default("dist_url"):
+        raise SystemExit("--machine-rank and --dist-url are not for --submit: the job's environment gives "
+                         "each task its rank and the rendezvous")
+    if args.submit == "local" and args.num_machines != 1:
+        raise SystemExit(f"--submit local runs on this machine: --num-machines must be 1, not {args.num_machines}")
+    cfg = load_config(args.config_file, args.opts)  # a config error now, not once the job runs
+    job_dir = args.job_dir or os.path.join(cfg.OUTPUT_DIR, "submitit")
+    job = job_executor(args, job_dir, gpus=cfg.MODEL.DEVICE != "cpu").submit(JobTask(args))
+    print(f"submitted job {job.job_id} ({args.submit}, {args.num_machines} x {args.num_gpus} tasks); "
+          f"job folder {job_dir}, output {cfg.OUTPUT_DIR}", flush=True)
+    if args.submit == "slurm":
+        return 0
+    job.wait()
+    error = job.exception()
+    if error is None:
+        return 0
+    print(f"job {job.job_id} failed: {error}\nlogs: {job.paths.stdout}, {job.paths.stderr}", file=sys.stderr)
+    return 1
+
+
+def job_executor(args, job_dir: str, gpus: bool):
+    """submitit's executor of ``args.submit`` for a job of --num-machines nodes x --num-gpus tasks
+    (and as many GPUs per node if ``gpus``), its files in ``job_dir``."""
+    try:
+        import submitit
+    except ImportError:
+        raise SystemExit("--submit needs submitit: pip install 'protoseg-d2[slurm]' (or pip install submitit)")
+    executor = submitit.AutoExecutor(folder=job_dir, cluster=args.submit)
+    executor.update_parameters(
+        name="protoseg", nodes=args.num_machines, tasks_per_node=args.num_gpus, cpus_per_task=args.cpus_per_task,
+        gpus_per_node=args.num_gpus if gpus else 0, timeout_min=args.timeout_min,
+        **({"slurm_partition": args.partition} if args.partition else {}),
+    )
+    return executor
+
+
 if __name__ == "__main__":
     args = get_parser().parse_args()
+    if args.submit:
+        sys.exit(submit(args))
     launch(
         main,
         args.num_gpus,

@@ -7,9 +7,9 @@
 # Usage: bash tools/setup_env.sh [--force] [--dev]   (from any directory; no prompts, CI-safe)
 #   --force        ignore the up-to-date stamp and run every step again
 #   --dev          also the optional extras the tests need: export (onnx, onnxruntime), web (gradio),
-#                  selenium, and on Linux triton (tests/test_triton_scores.py, in Triton's CPU
-#                  interpreter; the CUDA torch wheels already depend on it) (tools/run_tests.sh
-#                  passes it; training needs none of them)
+#                  slurm (submitit), selenium, and on Linux triton (tests/test_triton_scores.py, in
+#                  Triton's CPU interpreter; the CUDA torch wheels already depend on it)
+#                  (tools/run_tests.sh passes it; training needs none of them)
 #   PYTHON=...     base interpreter for a new venv (default: python3)
 #
 # Only the package registries pip is configured with are contacted. A second run when nothing
@@ -79,7 +79,7 @@ EOF
 # triton: Linux wheels only (a 250 MB download, about 900 MB installed, when torch did not bring it)
 TRITON_REQ='triton; sys_platform == "linux"'
 check_dev_imports() {
-    (cd / && "$PY" -c "import sys, onnx, onnxruntime, gradio, selenium
+    (cd / && "$PY" -c "import sys, onnx, onnxruntime, gradio, submitit, selenium
 if sys.platform == 'linux': import triton") >/dev/null 2>&1
 }
 
@@ -126,8 +126,8 @@ log "installing protoseg (editable) and pytest"
 EXTRAS=datasets
 TEST_TOOLS=(pytest pytest-timeout)
 if [[ "$DEV" == 1 ]]; then
-    log "--dev: also the export and web extras (onnx, onnxruntime, gradio), selenium and (Linux) triton"
-    EXTRAS=datasets,export,web
+    log "--dev: also the export, web and slurm extras (onnx, onnxruntime, gradio, submitit), selenium and (Linux) triton"
+    EXTRAS=datasets,export,web,slurm
     TEST_TOOLS+=(selenium "$TRITON_REQ")
 fi
 pip_q install -e "$ROOT[$EXTRAS]" "${TEST_TOOLS[@]}" "setuptools>=78.1.1,<82" \
@@ -136,7 +136,7 @@ pip_q install -e "$ROOT[$EXTRAS]" "${TEST_TOOLS[@]}" "setuptools>=78.1.1,<82" \
 # --- 5. check --------------------------------------------------------------------------------
 check_imports || die "import detectron2.modeling, detectron2.evaluation, detectron2.engine, protoseg failed (see above)"
 if [[ "$DEV" == 1 ]]; then
-    check_dev_imports || die "import onnx, onnxruntime, gradio, selenium (, triton) failed after the --dev installs"
+    check_dev_imports || die "import onnx, onnxruntime, gradio, submitit, selenium (, triton) failed after the --dev installs"
     inputs_hash > "$DEV_STAMP"
 fi
 inputs_hash > "$STAMP"
