@@ -4,7 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash tools/setup_env.sh --dev   # with the extras of tests/test_export.py and tests/test_web.py
+bash tools/setup_env.sh --dev   # with the extras of tests/test_export.py, tests/test_web.py and tests/test_cluster_launch.py
 # tests/test_web.py drives the web page in headless Chromium: Debian's chromium + chromium-driver
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
