@@ -29,7 +29,7 @@ def _timings(section):
 def test_benchmark_quick_cpu(tmp_path):
     out = tmp_path / "benchmark.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "benchmark.py"), "--quick", "--device", "cpu", "--json", str(out)],
+        [sys.executable, str(REPO / "lab" / "benchmark.py"), "--quick", "--device", "cpu", "--json", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,

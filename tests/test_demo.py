@@ -1,5 +1,6 @@
 """demo/demo.py: pictures of the predictions, label maps (8- and 16-bit), videos, errors."""
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -313,6 +314,8 @@ def test_16bit_image_reaches_the_model_scaled_not_clipped(untrained_weights, tmp
     seen = []
 
     class Recorder:
+        metadata = SimpleNamespace(stuff_classes=[f"toy{i:02d}" for i in range(8)])
+
         def __init__(self, cfg, **kwargs):
             pass
 

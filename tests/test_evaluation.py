@@ -143,7 +143,7 @@ def trainer_evaluation(dataset_name, tmp_path):
     """The metrics of STD_PRED by the evaluator that Trainer.build_evaluator builds."""
     from protoseg.engine.trainer import Trainer
 
-    cfg = toy_cfg(opts=["OUTPUT_DIR", str(tmp_path)])
+    cfg = toy_cfg(opts=["OUTPUT_DIR", str(tmp_path), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", len(STD_CLASSES)])
     evaluator = Trainer.build_evaluator(cfg, dataset_name)
     evaluator.reset()
     evaluator.process([{"file_name": "img.jpg"}], [{"sem_seg": one_hot_scores(STD_PRED, len(STD_CLASSES))}])

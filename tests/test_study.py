@@ -24,7 +24,7 @@ HEADS = {  # variant label prefix -> head overrides
 
 
 def run_study(study, out):
-    cmd = [sys.executable, str(REPO / "tools" / "run_study.py"), study, "--quick", "--jobs", "2",
+    cmd = [sys.executable, str(REPO / "lab" / "run_study.py"), study, "--quick", "--jobs", "2",
            "--output-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(REPO))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
