@@ -165,9 +165,11 @@ def test_preempted_local_job_is_requeued_and_resumes_from_its_last_checkpoint(en
            *TINY, "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "5", "OUTPUT_DIR", str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not (out / "model_0000004.pth").is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # signal once a checkpoint is complete (last_checkpoint names it), not while it is written
+        last = out / "last_checkpoint"
+        give_up_at = time.monotonic() + 120
+        while time.monotonic() < give_up_at and not (last.is_file() and last.read_text().startswith("model_")):
+            time.sleep(0.05)
         rank0 = json.loads((out / ".protoseg_run.lock").read_text())["pid"]  # the lock names rank 0
         os.kill(rank0, signal.SIGUSR2)
         stdout, stderr = proc.communicate(timeout=240)
