@@ -44,7 +44,7 @@ logger = logging.getLogger("protoseg")
 WEB_INSTALL_HINT = "pip install -e '.[web]'   (or: pip install gradio)"
 FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # local fonts: the page loads nothing from elsewhere
 DEFAULT_MAX_PIXELS = 4_000_000  # larger uploads are downscaled (a 2048x1024 Cityscapes image is not)
-DEFAULT_STATE_MINUTES = 15.0  # a session's analysis is dropped this long after its last upload
+DEFAULT_STATE_MINUTES = 15.0  # a visitor's analysis is dropped this long after their last upload
 
 
 def get_parser():
@@ -61,7 +61,7 @@ def get_parser():
                         help=f"uploads with more pixels are analysed downscaled to this many "
                              f"(default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--state-minutes", type=float, default=DEFAULT_STATE_MINUTES,
-                        help="a session's analysis (for the class and prototype choices) is dropped this "
+                        help="a visitor's analysis (for the class and prototype choices) is dropped this "
                              f"long after its upload (default {DEFAULT_STATE_MINUTES:g})")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser
@@ -246,7 +246,7 @@ def build_app(session: Session, examples):
         if examples:
             gr.Examples(examples=[[p] for p in examples], inputs=[image], label="validation images")
         note = gr.Markdown(elem_id="note")
-        # the session's (RGB image, EmbeddingOutput), dropped state_seconds after it was set
+        # per visitor: (RGB image, EmbeddingOutput), dropped state_seconds after it was set
         state = gr.State(None, time_to_live=session.state_seconds)
         # preprocess=False: the handler gets the upload's payload and checks it (gradio's own
         # decoding would answer a non-image with a bare "Error")
