@@ -207,7 +207,7 @@ def test_an_upload_that_is_no_image_gets_a_message(small_page, tmp_path):
 
 def test_unknown_score_picture_is_the_models_unknown_score(tmp_path):
     """The page's unknown-score picture shows the model's own ``unknown_score`` output
-    (TEST.UNKNOWN_SCORE nearest_prototype): 1 - max_c max_k cos(x, p_ck), from the session's
+    (TEST.UNKNOWN_SCORE nearest_prototype): 1 - max_c max_k cos(x, p_ck), from the page's
     embeddings at the decoder's stride, on the colour scale 0..1."""
     import torch
 
