@@ -35,12 +35,12 @@ import numpy as np
 import torch
 
 from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 import protoseg  # noqa: F401  (registers the model parts and datasets)
 from protoseg.checkpoint import ProtoSegCheckpointer
+from protoseg.data.image_io import read_image
 from protoseg.export import (
     EXPORT_INSTALL_HINT,
     DEFAULT_OPSET,

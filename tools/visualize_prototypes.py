@@ -21,15 +21,15 @@ import glob
 import os
 import sys
 
-import numpy as np
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import convert_image_to_rgb, read_image
+from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.utils.logger import setup_logger
 
 import protoseg  # noqa: F401  (registers the model parts and datasets)
 from protoseg.data import datasets_root
+from protoseg.data.image_io import read_image
 from protoseg.data.labels import read_label_map
 from protoseg.visualization import (
     build_cfg,

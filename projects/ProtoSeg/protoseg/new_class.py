@@ -42,13 +42,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
 from .checkpoint import ProtoSegCheckpointer
 from .data.class_names import dataset_class_names, model_class_names
+from .data.image_io import read_image
 from .modeling.prototypes import PrototypeMemory, pairwise_similarity
 from .vocabulary import expand_vocabulary
 
@@ -101,7 +101,7 @@ def read_support_pair(image_path, mask_path, input_format: str) -> Tuple[np.ndar
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such file")
     try:
-        image = detection_utils.read_image(str(image_path), format=input_format)
+        image = read_image(str(image_path), format=input_format)
         with Image.open(mask_path) as m:
             mask = np.asarray(m.convert("L") if m.mode not in ("L", "I", "I;16", "1", "P") else m) != 0
     except Exception as e:  # PIL: UnidentifiedImageError, OSError (truncated)

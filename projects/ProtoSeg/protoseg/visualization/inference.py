@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
 from ..checkpoint import ProtoSegCheckpointer
 from ..config import load_config
+from ..data.image_io import read_image
 from ..data.labels import REDUCE_ZERO_LABEL_KEY, read_label_map, reduce_zero_label
 from ..modeling.segmentor import upsampled_argmax
 
@@ -205,7 +205,7 @@ def read_dataset_sample(
     """Image (H, W, 3) uint8 in ``input_format`` and label map (H, W) int64, 8 or 16 bits, with
     the dataset's reduce_zero_label applied (None without ``sem_seg_file_name``) of a Detectron2
     dataset dict."""
-    image = detection_utils.read_image(dataset_dict["file_name"], format=input_format)
+    image = read_image(dataset_dict["file_name"], format=input_format)
     labels = None
     if dataset_dict.get("sem_seg_file_name"):
         labels = read_label_map(dataset_dict["sem_seg_file_name"])
