@@ -5,11 +5,11 @@ Detectron2 raises ``FloatingPointError`` on the first non-finite loss; on a days
 batch (an extreme crop, an overflow under fp16) then costs everything since the last checkpoint.
 Here such a step leaves untouched the parameters, the optimizer state, the normalisation statistics
 (BatchNorm running mean/var and counters, which the forward of a NaN batch would poison; they are
-copied before each forward and put back) and the prototypes: every module that offers deferred
-updates (``deferring_updates`` / ``commit_pending_updates`` / ``discard_pending_updates``, the
-prototype memory's protocol) computes its update in the forward without writing it, and the update
-is committed only once the loss is known to be finite on every process, the same decision on all
-ranks. The step is counted in the ``skipped_nonfinite_steps`` scalar, and training ends with
+copied before each forward and put back) and the prototypes: the model's prototype memories (as
+``model.prototype_memories()`` lists them, the interface the hooks use too) compute their update in
+the forward without writing it (``deferring_updates``), and the update is committed
+(``commit_pending_updates``) only once the loss is known to be finite on every process, the same
+decision on all ranks, or dropped (``discard_pending_updates``). The step is counted in the ``skipped_nonfinite_steps`` scalar, and training ends with
 ``FloatingPointError`` only after ``skip_limit`` consecutive non-finite steps, i.e. when training
 has really diverged.
 
@@ -32,18 +32,11 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-__all__ = ["ProtoSegTrainLoop", "deferred_update_modules"]
+from .hooks import prototype_memories
+
+__all__ = ["ProtoSegTrainLoop"]
 
 logger = logging.getLogger("protoseg")
-
-DEFERRED_UPDATE_METHODS = ("deferring_updates", "commit_pending_updates", "discard_pending_updates")
-
-
-def deferred_update_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
-    """The submodules of ``model`` that write state in the forward and can hold it until the step
-    is accepted (those with all of ``DEFERRED_UPDATE_METHODS``, e.g. the prototype memory)."""
-    return [m for m in model.modules() if all(callable(getattr(m, name, None)) for name in DEFERRED_UPDATE_METHODS)]
-
 
 class ProtoSegTrainLoop(SimpleTrainer):
     """One training step: forward (under autocast if ``amp``), backward, and the optimizer step
@@ -65,7 +58,7 @@ class ProtoSegTrainLoop(SimpleTrainer):
         self.grad_scaler = torch.cuda.amp.GradScaler() if amp and self.device_type == "cuda" else None
         self.consecutive_skips = 0
         self.total_skips = 0
-        self.deferring_modules = deferred_update_modules(model)
+        self.deferring_modules = prototype_memories(model)
         deferred = {id(b) for m in self.deferring_modules for b in m.buffers()}
         # buffers a forward pass updates (BN statistics and counters), grouped by dtype so that a
         # snapshot is one concatenation per dtype; not those of the deferring modules (prototypes)

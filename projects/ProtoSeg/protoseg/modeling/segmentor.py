@@ -257,8 +257,7 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
         decoder's stride and the head's resize to the padded batch, crop, resize (what
         ``head.forward`` and ``sem_seg_postprocess`` compute); other heads: their (C, Hp, Wp)
         logits, crop, resize."""
-        images = [self._normalize(x["image"].to(self.device).float()) for x in batched_inputs]
-        batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        batch = self._padded_batch(batched_inputs)
         head = self.sem_seg_head
         if isinstance(head, DecoderClassifierHead):
             scores = head.class_scores(head.decoder(self.backbone(batch.tensor)))
@@ -270,6 +269,12 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
             out_size = (x.get("height", size[0]), x.get("width", size[1]))
             out.append((image_scores, partial(_postprocess, resize, size, out_size)))
         return out
+
+    def _padded_batch(self, batched_inputs: List[Dict]) -> ImageList:
+        """The inputs' images, normalised and padded to one (B, 3, Hp, Wp) batch (the backbone's
+        size divisibility), with their sizes."""
+        images = [self._normalize(x["image"].to(self.device).float()) for x in batched_inputs]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def _input_size_scores(self, batched_input: Dict) -> Tuple[torch.Tensor, Callable]:
         """One image's logits (C, H, W) at the network's input size (whole or sliding window) and
@@ -299,8 +304,7 @@ class ProtoSegSemanticSegmentor(SemanticSegmentor):
     def nearest_prototype_inference(self, batched_inputs: List[Dict]) -> List[Dict]:
         """Whole-image inference with ``"unknown_score"`` 1 - max_c max_k cos(x, p_ck) (height,
         width): the head's "nearest_similarity" map, upsampled, cropped and resized as the logits."""
-        images = [self._normalize(x["image"].to(self.device).float()) for x in batched_inputs]
-        batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        batch = self._padded_batch(batched_inputs)
         logits, maps = self.sem_seg_head(self.backbone(batch.tensor), None, batch.tensor.shape[-2:], with_maps=True)
         outputs = []
         for scores, nearest, size, x in zip(logits, maps["nearest_similarity"], batch.image_sizes, batched_inputs):

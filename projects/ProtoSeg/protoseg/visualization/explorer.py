@@ -57,7 +57,7 @@ def unknown_score_map(output: EmbeddingOutput, memory) -> np.ndarray:
     d, h, w = output.embeddings.shape
     flat = output.embeddings.permute(1, 2, 0).reshape(-1, d).to(memory.prototypes.device)
     with torch.no_grad():
-        nearest = memory.nearest_class_scores(flat).amax(dim=1).float().cpu().reshape(1, h, w)  # (1, h, w)
+        nearest = memory.nearest_similarity(flat).float().cpu().reshape(1, h, w)  # (1, h, w)
     similarity = upsample_to_image(nearest, output.info)[0]
     return ((1.0 - similarity) if memory.normalized else -similarity).numpy()
 

@@ -307,6 +307,11 @@ class PrototypeMemory(nn.Module):
         precision = self.similarity_precision if precision is None else precision
         return nearest_prototype_scores(x, self.prototypes, self.distance, self.huber_delta, chunk_size, precision)
 
+    def nearest_similarity(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) embeddings -> (N,) similarity to the nearest prototype of any class,
+        max_c max_k (the unknown score's basis; :meth:`nearest_class_scores` over the classes)."""
+        return self.nearest_class_scores(x).amax(dim=1)
+
     @torch.no_grad()
     def assign(self, own_scores: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cluster each class's pixels onto its K prototypes (Sinkhorn-Knopp, all classes at once).
