@@ -4,7 +4,7 @@ import os
 import re
 import socket
 
-__all__ = ["this_host", "process_alive", "writer_tag", "writer_of_tag", "written_by_dead_process"]
+__all__ = ["this_host", "process_alive", "dead_on_this_host", "writer_tag", "writer_of_tag", "written_by_dead_process"]
 
 # a host name as it can stand in a file name (host names are letters, digits, "-" and ".")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
@@ -30,6 +30,12 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def dead_on_this_host(host: str, pid: int) -> bool:
+    """Whether process ``pid`` of ``host`` is provably gone: ``host`` is this machine and the pid
+    does not run. Another machine's process cannot be checked from here: False."""
+    return host == this_host() and not process_alive(pid)
+
+
 def writer_tag() -> str:
     """``<host>-<pid>-<8 hex digits>``: unique to this process and call, so that processes writing
     into one folder never share a file name."""
@@ -46,4 +52,4 @@ def written_by_dead_process(tag: str) -> bool:
     """Whether ``tag`` (:func:`writer_tag`) names a process of this machine that no longer runs.
     False for another machine's process or a string that is not a tag: neither can be proven dead."""
     writer = writer_of_tag(tag)
-    return writer is not None and writer[0] == this_host() and not process_alive(writer[1])
+    return writer is not None and dead_on_this_host(*writer)

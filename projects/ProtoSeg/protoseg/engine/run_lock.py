@@ -25,7 +25,7 @@ from typing import Optional
 
 from detectron2.utils import comm
 
-from ..processes import process_alive, this_host
+from ..processes import dead_on_this_host, this_host
 
 __all__ = ["LOCK_NAME", "OutputDirInUseError", "RunLock", "output_dir_lock"]
 
@@ -143,7 +143,7 @@ def _describe(holder: dict) -> str:
 def _is_stale(holder: dict) -> bool:
     """Whether the holder's process is gone: of this host, its pid not running."""
     pid = holder.get("pid")
-    return holder.get("host") == this_host() and isinstance(pid, int) and not process_alive(pid)
+    return isinstance(pid, int) and dead_on_this_host(holder.get("host"), pid)
 
 
 @contextlib.contextmanager
