@@ -23,6 +23,7 @@ from detectron2.data import MetadataCatalog
 
 import protoseg  # noqa: F401  (registers the built-in datasets)
 from protoseg.config import load_config
+from protoseg.data.class_count import class_count_problem
 from protoseg.data.validation import DatasetProblem, inspect_dataset
 
 
@@ -30,11 +31,13 @@ def config_problems(cfg, name):
     """Disagreements between the model config and the dataset's metadata."""
     meta = MetadataCatalog.get(name)
     problems = []
-    classes = meta.get("stuff_classes", None)
     head = cfg.MODEL.SEM_SEG_HEAD
-    if classes is not None and head.NUM_CLASSES != len(classes):
-        problems.append(DatasetProblem("config_mismatch", name, f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {head.NUM_CLASSES} "
-                                       f"but stuff_classes has {len(classes)} entries"))
+    problem = class_count_problem(cfg, name)  # the rule a run checks at its start
+    if problem is not None:
+        if not head.CLASS_NAMES:  # a count that does not fit
+            problem = (f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {head.NUM_CLASSES} but stuff_classes has "
+                       f"{len(meta.stuff_classes)} entries")
+        problems.append(DatasetProblem("config_mismatch", name, problem))
     if head.IGNORE_VALUE != meta.get("ignore_label", 255):
         problems.append(DatasetProblem("config_mismatch", name, f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {head.IGNORE_VALUE} "
                                        f"but the dataset's ignore_label is {meta.get('ignore_label', 255)}"))

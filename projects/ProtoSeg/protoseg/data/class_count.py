@@ -13,41 +13,50 @@ since they need no dataset (and may draw a model of another vocabulary with a da
 A dataset that is not registered, or whose ``stuff_classes`` are not known yet (a built-in dataset
 before its preparation script has run), is left to the loader, which names what is missing.
 """
-from typing import List
+from typing import List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .class_names import check_names_agree
 
-__all__ = ["dataset_class_count_problems", "check_dataset_class_counts"]
+__all__ = ["class_count_problem", "dataset_class_count_problems", "check_dataset_class_counts"]
 
 NUM_CLASSES_KEY = "MODEL.SEM_SEG_HEAD.NUM_CLASSES"
 
 
+def class_count_problem(cfg, dataset_name: str, where: str = "") -> Optional[str]:
+    """How the model's classes do not fit those of the registered ``dataset_name`` (see the module
+    docstring; ``where`` follows the dataset's name, e.g. " (DATASETS.TEST)"), or None when they
+    fit or the dataset's classes are not known."""
+    if dataset_name not in DatasetCatalog.list():
+        return None
+    classes = MetadataCatalog.get(dataset_name).get("stuff_classes", None)
+    if classes is None:
+        return None
+    own_names = list(cfg.MODEL.SEM_SEG_HEAD.CLASS_NAMES)
+    if own_names:
+        try:
+            check_names_agree(own_names, dataset_name)
+        except ValueError as e:
+            return f"{e}{where}"
+        return None
+    num_classes, held_out = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.INPUT.HELD_OUT_CLASSES
+    if len(classes) - held_out == num_classes:
+        return None
+    less = f" less INPUT.HELD_OUT_CLASSES {held_out}" if held_out else ""
+    return (f"{NUM_CLASSES_KEY} is {num_classes} but dataset {dataset_name!r}{where} has {len(classes)} classes "
+            f"(stuff_classes){less}")
+
+
 def dataset_class_count_problems(cfg) -> List[str]:
     """One line per dataset of ``cfg.DATASETS.TRAIN`` / ``TEST`` that does not fit the model's
-    classes (see the module docstring), naming the key, both numbers (or both names) and the dataset."""
-    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    held_out = cfg.INPUT.HELD_OUT_CLASSES
-    own_names = list(cfg.MODEL.SEM_SEG_HEAD.CLASS_NAMES)
-    registered = set(DatasetCatalog.list())
+    classes (:func:`class_count_problem`), naming the split."""
     problems = []
     for split in ("TRAIN", "TEST"):
         for name in cfg.DATASETS.get(split, ()):
-            classes = MetadataCatalog.get(name).get("stuff_classes", None) if name in registered else None
-            if classes is None:
-                continue
-            if own_names:
-                try:
-                    check_names_agree(own_names, name)
-                except ValueError as e:
-                    problems.append(f"{e} (DATASETS.{split})")
-            elif len(classes) - held_out != num_classes:
-                less = f" less INPUT.HELD_OUT_CLASSES {held_out}" if held_out else ""
-                problems.append(
-                    f"{NUM_CLASSES_KEY} is {num_classes} but dataset {name!r} (DATASETS.{split}) has "
-                    f"{len(classes)} classes (stuff_classes){less}"
-                )
+            problem = class_count_problem(cfg, name, f" (DATASETS.{split})")
+            if problem is not None:
+                problems.append(problem)
     return problems
 
 
